@@ -1,0 +1,25 @@
+# make demo: create .venv if missing, install gmmssl, run the main job (parallel pancakes, CPU).
+# make test: the same environment, then the whole test suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.gmmssl-installed
+
+.PHONY: demo test install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	JAX_PLATFORMS=cpu $(BIN)/gmmssl run pancakes
+
+test: $(STAMP)
+	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) results .pytest_cache

@@ -1,0 +1,60 @@
+"""The command line: ``gmmssl list`` and ``gmmssl run NAME [--out DIR] [--set KEY=VALUE ...]``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="gmmssl", description="Self-supervised learning on Gaussian mixtures.")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list the experiments")
+    run = sub.add_parser("run", help="run an experiment")
+    run.add_argument("name", help="experiment name (see 'gmmssl list')")
+    run.add_argument("--out", default=None, help="output folder (default results/NAME)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value; lists are comma-separated (repeatable)")
+    run.add_argument("--strict", action="store_true", help="exit with status 1 when a claim fails")
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    import experiments
+
+    if args.command == "list":
+        for name, exp in experiments.REGISTRY.items():
+            print(f"{name:12s} {exp.description}")
+        return 0
+
+    from gmmssl.experiment import parse_overrides, resolve_config, run_experiment
+
+    try:
+        exp = experiments.get(args.name)
+        overrides = parse_overrides(args.overrides)
+        resolve_config(exp, overrides)
+    except ValueError as err:
+        print(f"gmmssl: error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out or Path("results") / args.name)
+    print(f"gmmssl run {args.name} -> {out}/", flush=True)
+    try:
+        run = run_experiment(exp, out, overrides, progress=lambda line: print("  " + line, flush=True))
+    except ValueError as err:
+        print(f"gmmssl: error: {err}", file=sys.stderr)
+        return 2
+    print(f"grid of {len(next(iter(run.grid.values())))} cells in {run.seconds:.1f}s "
+          f"(compilation included)\n")
+    print(exp.report(run))
+    print("\nverdict:")
+    for c in run.claims:
+        print(f"  [{'PASS' if c.passed else 'FAIL'}] {c.statement}: {c.measured:.4f} ({c.tolerance})")
+    print(f"\nwrote {out}/results.csv, config.json, projectors.npz, verdict.json and figures")
+    if args.strict and not all(c.passed for c in run.claims):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""One grid cell of a method comparison: train the SSL projector, fit the baselines, score all.
+
+A cell is split in two pure, traceable phases that the sweep engine runs differently:
+
+* ``train`` (the hot path) is vmapped over the whole chunk of cells;
+* ``evaluate`` (baselines and metrics: eigendecompositions, SVDs, k-means) is mapped
+  cell by cell with ``lax.map``. Batched LAPACK calls on the CPU in jaxlib 0.10 can
+  deadlock XLA's intra-op thread pool when several run concurrently (each blocks a pool
+  thread waiting for batch sub-tasks); unbatched calls cannot. The evaluation is cheap,
+  so nothing is lost.
+
+Both phases split the cell key the same way, (train, baseline sample, evaluation
+sample, k-means), none depending on the hyper-parameters: cells sharing a seed share
+their data (common random numbers).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from gmmssl import fisher, metrics
+from gmmssl.augment import sample_pairs
+from gmmssl.gmm import GMM, sample
+from gmmssl.train import HPARAM_RANGES, TrainConfig, init_params, train
+
+__all__ = ["METRICS", "cell_hparams", "evaluate_methods", "make_compare_cell", "score_projector"]
+
+METRICS = ("fisher_capture", "fisher_efficiency", "ari", "effective_rank", "max_angle_deg")
+
+
+def score_projector(key, a, gmm: GMM, fisher_basis, x_eval, c_eval, *, kmeans_restarts: int = 4) -> dict:
+    """Every metric of one projector A (d, r) on held-out labelled points (x_eval, c_eval)."""
+    angles = metrics.principal_angles(a, fisher_basis)
+    return {
+        "fisher_capture": metrics.fisher_capture(a, fisher_basis),
+        "fisher_efficiency": metrics.fisher_efficiency(a, gmm),
+        "ari": metrics.kmeans_ari(key, x_eval @ a, c_eval, gmm.num_components, restarts=kmeans_restarts),
+        "effective_rank": metrics.effective_rank(a),
+        "max_angle_deg": jnp.degrees(angles[-1]),
+    }
+
+
+def _keys(key):
+    return jax.random.split(key, 4)  # train, baseline sample, evaluation sample, k-means
+
+
+def evaluate_methods(key, gmm: GMM, hparams: dict, config: TrainConfig, fisher_basis, learned: dict, *,
+                     num_baseline: int = 2000, num_eval: int = 2000, kmeans_restarts: int = 4) -> dict:
+    """Fits PCA, LDA and the spectral oracle and scores them beside the learned projectors.
+
+    Args:
+      key: the cell key (the one given to :func:`train`).
+      learned: {method: (d, r) projector} trained for this cell.
+
+    Returns:
+      {"metrics": {method: {metric: scalar}}, "projectors": {method: array}}.
+      Methods: "pca" (r directions), "lda" (K−1), "oracle" (r directions, scaled by their
+      canonical correlations) and the learned ones.
+    """
+    _, k_base, k_eval, k_km = _keys(key)
+    x, x_pos, c, _ = sample_pairs(k_base, gmm, num_baseline, hparams["delta"], config.mode)
+    projectors = {
+        "pca": fisher.pca(x, config.r),
+        "lda": fisher.lda(x, c, gmm.num_components),
+        "oracle": fisher.spectral_oracle(x, x_pos, config.r).embedding,
+        **learned,
+    }
+    x_eval, c_eval = sample(k_eval, gmm, num_eval)
+    scores = {name: score_projector(k_km, a, gmm, fisher_basis, x_eval, c_eval,
+                                    kmeans_restarts=kmeans_restarts)
+              for name, a in projectors.items()}
+    return {"metrics": scores, "projectors": projectors}
+
+
+def cell_hparams(cell: dict) -> dict:
+    """The hyper-parameters among a cell's values (the others take their defaults)."""
+    return {k: v for k, v in cell.items() if k in HPARAM_RANGES}
+
+
+def make_compare_cell(gmm: GMM, config: TrainConfig, fisher_basis, **kwargs):
+    """(train_fn, evaluate_fn) of a method comparison on a fixed mixture, for the sweep engine.
+
+    A cell is a dict of scalars: "seed" (the PRNG seed) and any hyper-parameter of
+    :data:`gmmssl.train.HPARAM_RANGES`. kwargs go to :func:`evaluate_methods`.
+    The outputs hold "metrics" and "projectors" per method and the trainer's "history".
+    Method "init" is the trainer's starting projector (random): the chance reference.
+    """
+
+    def train_fn(cell):
+        k_train = _keys(jax.random.PRNGKey(cell["seed"]))[0]
+        return train(k_train, gmm, cell_hparams(cell), config, fisher_basis)
+
+    def evaluate_fn(cell, trained):
+        key = jax.random.PRNGKey(cell["seed"])
+        start = init_params(_keys(key)[0], gmm.dim, config)["A"]
+        learned = {config.loss: trained.params["A"], "init": start}
+        out = evaluate_methods(key, gmm, cell_hparams(cell), config, fisher_basis, learned, **kwargs)
+        out["metrics"][config.loss]["final_loss"] = trained.history["loss"][-1]
+        out["history"] = trained.history
+        return out
+
+    return train_fn, evaluate_fn

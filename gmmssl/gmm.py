@@ -1,0 +1,260 @@
+r"""Gaussian mixtures with a shared covariance, their presets and their samplers.
+
+A mixture has K components with weights :math:`\pi` (K,), means :math:`\mu_k`
+(rows of a K×d array) and one shared covariance :math:`\Sigma = L L^\top`, stored
+by its lower Cholesky factor L (d×d). Sampling: :math:`c \sim \pi`,
+:math:`x = \mu_c + L\varepsilon`, :math:`\varepsilon \sim N(0, I_d)`.
+
+``GMM`` is a JAX pytree, so mixtures can be passed through ``jit`` and stacked
+along a grid axis and ``vmap``-ed. The constructor validates eagerly (outside
+jit); pytree unflattening bypasses the checks.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gmmssl._validate import check_int, check_range, is_concrete
+
+__all__ = [
+    "GMM",
+    "parallel_pancakes",
+    "random_gmm",
+    "sample",
+]
+
+
+def _check_weights(weights, num_components: int):
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (num_components,):
+        raise ValueError(
+            f"weights must have shape (num_components,) = ({num_components},), got {w.shape}"
+        )
+    if not np.all(np.isfinite(w)):
+        raise ValueError("weights must be finite (found NaN or inf)")
+    if np.any(w < 0):
+        raise ValueError(f"weights must be non-negative, got {w.tolist()}")
+    if abs(w.sum() - 1.0) > 1e-5:
+        raise ValueError(f"weights must sum to 1 (within 1e-5), got sum {w.sum():.6g}")
+
+
+def _check_means_cov(means, cov):
+    m = np.asarray(means, dtype=np.float64)
+    s = np.asarray(cov, dtype=np.float64)
+    if m.ndim != 2:
+        raise ValueError(f"means must be a (num_components, d) array, got shape {m.shape}")
+    if m.shape[0] < 2:
+        raise ValueError(f"a mixture needs num_components >= 2, got {m.shape[0]} (means.shape[0])")
+    if not np.all(np.isfinite(m)):
+        raise ValueError("means must be finite (found NaN or inf)")
+    d = m.shape[1]
+    if d < 1:
+        raise ValueError("means must have d >= 1 columns")
+    if s.shape != (d, d):
+        raise ValueError(
+            f"cov must have shape (d, d) = ({d}, {d}) to match means of shape {m.shape}, "
+            f"got {s.shape}"
+        )
+    if not np.all(np.isfinite(s)):
+        raise ValueError("cov must be finite (found NaN or inf)")
+    scale = max(np.abs(s).max(), 1e-300)
+    if np.abs(s - s.T).max() > 1e-6 * scale:
+        raise ValueError("cov must be symmetric positive definite; it is not symmetric")
+    eig = np.linalg.eigvalsh(s)
+    if eig[0] <= 1e-12 * max(eig[-1], 1e-300):
+        raise ValueError(
+            "cov must be symmetric positive definite; its smallest eigenvalue is "
+            f"{eig[0]:.3g} (largest {eig[-1]:.3g})"
+        )
+
+
+@jax.tree_util.register_pytree_node_class
+class GMM:
+    r"""A shared-covariance Gaussian mixture.
+
+    Args:
+      means: (K, d) component means :math:`\mu_k`, K >= 2.
+      cov: (d, d) shared covariance :math:`\Sigma`, symmetric positive definite.
+      weights: (K,) mixture weights :math:`\pi`, non-negative, summing to 1;
+        uniform when None.
+
+    Attributes:
+      means, chol (lower Cholesky factor L of Σ), weights.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> g = GMM(jnp.array([[-1.0, 0.0], [1.0, 0.0]]), jnp.eye(2))
+      >>> g.dim, g.num_components
+      (2, 2)
+    """
+
+    def __init__(self, means, cov, weights=None):
+        if is_concrete((means, cov, weights)):
+            _check_means_cov(means, cov)
+            k = np.shape(means)[0]
+            if weights is not None:
+                _check_weights(weights, k)
+        means = jnp.asarray(means)
+        dtype = jnp.result_type(means.dtype, jnp.float32)
+        means = means.astype(dtype)
+        cov = jnp.asarray(cov, dtype=dtype)
+        k = means.shape[0]
+        if weights is None:
+            weights = jnp.full((k,), 1.0 / k, dtype=dtype)
+        self.means = means
+        self.chol = jnp.linalg.cholesky(0.5 * (cov + cov.T))
+        self.weights = jnp.asarray(weights, dtype=dtype)
+
+    @classmethod
+    def from_cholesky(cls, means, chol, weights):
+        """Builds a mixture from arrays without validation (for traced code)."""
+        obj = object.__new__(cls)
+        obj.means, obj.chol, obj.weights = means, chol, weights
+        return obj
+
+    # pytree protocol
+    def tree_flatten(self):
+        return (self.means, self.chol, self.weights), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls.from_cholesky(*children)
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[-1]
+
+    @property
+    def num_components(self) -> int:
+        return self.means.shape[-2]
+
+    @property
+    def cov(self) -> jax.Array:
+        """Σ = L Lᵀ, (d, d)."""
+        return self.chol @ self.chol.T
+
+    @property
+    def mean(self) -> jax.Array:
+        """μ̄ = Σ_k π_k μ_k, (d,)."""
+        return self.weights @ self.means
+
+    @property
+    def between_scatter(self) -> jax.Array:
+        """S_B = Σ_k π_k (μ_k − μ̄)(μ_k − μ̄)ᵀ, (d, d)."""
+        centered = self.means - self.mean
+        return (centered * self.weights[:, None]).T @ centered
+
+    @property
+    def total_cov(self) -> jax.Array:
+        """Σ_T = Σ + S_B, (d, d)."""
+        return self.cov + self.between_scatter
+
+    def sample(self, key, n: int):
+        """Draws n labelled points; see :func:`sample`."""
+        return sample(key, self, n)
+
+    def __repr__(self):
+        return f"GMM(dim={self.dim}, num_components={self.num_components}, dtype={self.means.dtype})"
+
+
+def sample(key, gmm: GMM, n: int):
+    r"""Draws n labelled points: :math:`c \sim \pi`, :math:`x = \mu_c + L\varepsilon`.
+
+    Returns:
+      x: (n, d) samples; c: (n,) int32 component labels.
+    """
+    n = check_int("n", n, low=1)
+    k_c, k_eps = jax.random.split(key)
+    c = jax.random.categorical(k_c, jnp.log(gmm.weights), shape=(n,))
+    eps = jax.random.normal(k_eps, (n, gmm.dim), dtype=gmm.means.dtype)
+    return gmm.means[c] + eps @ gmm.chol.T, c.astype(jnp.int32)
+
+
+def _simplex(num_components: int) -> np.ndarray:
+    """K points of a regular simplex centred at 0 with unit norm, in K−1 coordinates."""
+    k = num_components
+    centered = np.eye(k) - 1.0 / k
+    # orthonormal basis of the (K-1)-dim subspace orthogonal to the all-ones vector
+    q, _ = np.linalg.qr(centered)
+    coords = centered @ q[:, : k - 1]
+    return coords / np.linalg.norm(coords, axis=1, keepdims=True)
+
+
+def parallel_pancakes(
+    d: int,
+    num_components: int = 2,
+    *,
+    separation: float = 0.7,
+    thickness: float = 0.1,
+    dtype=jnp.float32,
+) -> GMM:
+    r"""The "parallel pancakes" mixture: thin along the separating directions, wide elsewhere.
+
+    For K = 2: :math:`\mu_\pm = \pm s e_1`, :math:`\Sigma = \mathrm{diag}(\sigma^2, 1, \dots, 1)`.
+    For K > 2 the means lie on a regular simplex of radius s in span(e_1..e_{K−1}),
+    and Σ has variance σ² along those K−1 directions and 1 along the others.
+    The total variance along each separating direction (≈ s²·/(K−1) + σ²) is below 1,
+    so PCA keeps the wide, class-free directions while LDA keeps the separating ones.
+
+    Args:
+      d: ambient dimension, d >= num_components.
+      num_components: K >= 2.
+      separation: s > 0, distance of each mean from the origin.
+      thickness: σ > 0, standard deviation across the pancakes; must satisfy
+        the PCA-failure condition s²/(K−1) + σ² < 1.
+    """
+    k = check_int("num_components", num_components, low=2)
+    d = check_int("d", d, low=k)
+    check_range("separation", separation, 0.0, np.inf, low_open=True, high_open=True)
+    check_range("thickness", thickness, 0.0, np.inf, low_open=True, high_open=True)
+    per_dir = separation**2 / (k - 1) + thickness**2
+    if per_dir >= 1.0:
+        raise ValueError(
+            "separation and thickness must satisfy separation**2/(num_components-1) + "
+            f"thickness**2 < 1 (the wide directions have variance 1); got {per_dir:.3g}"
+        )
+    means = np.zeros((k, d))
+    means[:, : k - 1] = separation * _simplex(k)
+    diag = np.ones(d)
+    diag[: k - 1] = thickness**2
+    return GMM(jnp.asarray(means, dtype), jnp.asarray(np.diag(diag), dtype))
+
+
+def random_gmm(
+    key,
+    d: int,
+    num_components: int,
+    *,
+    separation: float = 1.0,
+    condition_number: float = 10.0,
+    weights=None,
+    dtype=jnp.float32,
+) -> GMM:
+    r"""A random anisotropic mixture.
+
+    Means :math:`\mu_k \sim N(0, s^2 I_d)`; :math:`\Sigma = U\,\mathrm{diag}(\lambda)\,U^\top`
+    with U a Haar-random rotation and λ log-uniform in [1/condition_number, 1]
+    (the endpoints included, so cond(Σ) equals ``condition_number`` exactly when d >= 2).
+
+    Args:
+      key: PRNG key.
+      d: dimension, >= 1.
+      num_components: K >= 2.
+      separation: s > 0.
+      condition_number: >= 1.
+      weights: (K,) weights or None for uniform.
+    """
+    k = check_int("num_components", num_components, low=2)
+    d = check_int("d", d, low=1)
+    check_range("separation", separation, 0.0, np.inf, low_open=True, high_open=True)
+    check_range("condition_number", condition_number, 1.0, np.inf, high_open=True)
+    k_mu, k_u, k_lam = jax.random.split(key, 3)
+    means = separation * jax.random.normal(k_mu, (k, d), dtype=dtype)
+    u = jax.random.orthogonal(k_u, d, dtype=dtype) if d > 1 else jnp.ones((1, 1), dtype)
+    t = jax.random.uniform(k_lam, (d,), dtype=dtype)
+    if d >= 2:
+        t = t.at[0].set(0.0).at[1].set(1.0)
+    lam = jnp.asarray(condition_number, dtype) ** (-t)
+    cov = (u * lam) @ u.T
+    return GMM(means, 0.5 * (cov + cov.T), weights)

@@ -1,0 +1,34 @@
+"""Helpers shared by the losses: shape checks, similarities, NaN-safe normalization."""
+from __future__ import annotations
+
+import chex
+import jax.numpy as jnp
+from jax import lax
+
+from gmmssl._validate import check_choice, check_range
+
+SIMILARITIES = ("dot", "cosine")
+
+
+def normalize(z, eps: float = 1e-12):
+    """Rows scaled to unit norm; zero rows stay zero with finite gradients.
+
+    Uses ``z * rsqrt(max(|z|², eps²))`` so neither the value nor the gradient is NaN at 0.
+    """
+    sq = jnp.sum(z * z, axis=-1, keepdims=True)
+    return z * lax.rsqrt(jnp.maximum(sq, eps * eps))
+
+
+def check_pair(z, z_pos, names=("z", "z_pos")):
+    """Both (B, r) with the same shape (chex raises AssertionError otherwise)."""
+    chex.assert_rank([z, z_pos], 2, custom_message=f"{names[0]} and {names[1]} must be (B, r)")
+    chex.assert_equal_shape([z, z_pos], custom_message=f"{names[0]} and {names[1]} must have the same (B, r) shape")
+
+
+def similarity_logits(z, z_pos, temperature, similarity: str):
+    """ℓ_ij = s(z_i, z⁺_j)/τ, (B, B)."""
+    check_choice("similarity", similarity, SIMILARITIES)
+    check_range("temperature", temperature, 0.0, float("inf"), low_open=True, high_open=True)
+    if similarity == "cosine":
+        z, z_pos = normalize(z), normalize(z_pos)
+    return (z @ z_pos.T) / temperature

@@ -1,0 +1,195 @@
+r"""How well a projector A (d, r) keeps the mixture's class structure.
+
+* :func:`principal_angles` between column spaces.
+* :func:`fisher_capture` :math:`= \|Q_A^\top F\|_F^2 / m`, the part of the Fisher subspace
+  inside col(A) (1 iff :math:`S_F \subseteq` col(A)).
+* :func:`fisher_efficiency` :math:`= \mathrm{tr}((A^\top\Sigma A)^+ A^\top S_B A)/\mathrm{tr}(\Sigma^{-1}S_B)`,
+  the part of the discriminative information kept (invariant to invertible changes of
+  the embedding).
+* :func:`effective_rank`, the collapse diagnostic.
+* :func:`kmeans`, :func:`adjusted_rand_index`, :func:`kmeans_ari`: clustering of
+  projected samples, written in JAX so they vmap over a grid.
+
+The numerical column space of A, Q_A, keeps the left singular vectors whose singular
+value exceeds ``rtol`` (default 1e-3) times the largest: collapsed columns do not count.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+from jax import lax
+
+from gmmssl._validate import check_int
+from gmmssl.gmm import GMM
+
+__all__ = [
+    "RTOL",
+    "adjusted_rand_index",
+    "column_space",
+    "effective_rank",
+    "fisher_capture",
+    "fisher_efficiency",
+    "kmeans",
+    "kmeans_ari",
+    "principal_angles",
+]
+
+RTOL = 1e-3
+
+
+def _check_matrix(name, a):
+    if jnp.ndim(a) != 2:
+        raise ValueError(f"{name} must be a (d, r) matrix, got shape {jnp.shape(a)}")
+
+
+def column_space(a, rtol: float = RTOL):
+    """Left singular vectors U (d, r) of A and a (r,) mask of those above rtol·s_max."""
+    _check_matrix("A", a)
+    u, s, _ = jnp.linalg.svd(a, full_matrices=False)
+    mask = s > rtol * s[0]
+    return u, mask
+
+
+def principal_angles(a, b) -> jax.Array:
+    """Principal angles (radians, ascending) between col(a) and col(b), (min(r_a, r_b),).
+
+    cos θ_i are the singular values of Q_aᵀQ_b (orthonormal bases from the SVD).
+    """
+    _check_matrix("A", a)
+    _check_matrix("B", b)
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"A and B must have the same number of rows, got {a.shape} and {b.shape}")
+    qa = jnp.linalg.svd(a, full_matrices=False)[0]
+    qb = jnp.linalg.svd(b, full_matrices=False)[0]
+    cos = jnp.linalg.svd(qa.T @ qb, compute_uv=False)
+    return jnp.arccos(jnp.clip(cos, -1.0, 1.0))  # cos descending -> angles ascending
+
+
+def fisher_capture(a, fisher_basis, rtol: float = RTOL) -> jax.Array:
+    r"""Fraction of the Fisher subspace inside col(A): :math:`\|Q_A^\top F\|_F^2/m`.
+
+    Args:
+      a: (d, r) projector.
+      fisher_basis: (d, m) orthonormal basis F of S_F (see :func:`gmmssl.fisher.fisher_subspace`).
+      rtol: relative singular-value tolerance defining Q_A.
+
+    Returns:
+      scalar in [0, 1]; 1 iff S_F ⊆ col(A).
+    """
+    _check_matrix("fisher_basis", fisher_basis)
+    u, mask = column_space(a, rtol)
+    if u.shape[0] != fisher_basis.shape[0]:
+        raise ValueError(f"A {a.shape} and fisher_basis {fisher_basis.shape} must have the same d")
+    proj = (u.T @ fisher_basis) * mask[:, None]
+    return jnp.sum(proj**2) / fisher_basis.shape[1]
+
+
+def fisher_efficiency(a, gmm: GMM, rtol: float = RTOL) -> jax.Array:
+    r"""Discriminative information kept by col(A):
+    :math:`\mathrm{tr}((A^\top\Sigma A)^+A^\top S_B A)/\mathrm{tr}(\Sigma^{-1}S_B)` in [0, 1].
+
+    Computed on the numerical column space Q_A (so collapsed columns are dropped
+    rather than inverted).
+    """
+    u, mask = column_space(a, rtol)
+    if u.shape[0] != gmm.dim:
+        raise ValueError(f"A has d = {u.shape[0]} rows but the mixture has dim {gmm.dim}")
+    q = u * mask
+    m = q.T @ gmm.cov @ q + jnp.diag(1.0 - mask.astype(q.dtype))
+    n = q.T @ gmm.between_scatter @ q
+    kept = jnp.trace(jnp.linalg.solve(m, n))
+    total = jnp.trace(jsl.cho_solve((gmm.chol, True), gmm.between_scatter))
+    return kept / total
+
+
+def effective_rank(a) -> jax.Array:
+    r"""exp of the entropy of the normalized singular values of A: 1 (rank one) … r (all equal)."""
+    _check_matrix("A", a)
+    s = jnp.linalg.svd(a, compute_uv=False)
+    p = s / jnp.maximum(jnp.sum(s), jnp.finfo(s.dtype).tiny)
+    ent = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
+    return jnp.exp(ent)
+
+
+def _sq_dists(x, centers):
+    return (jnp.sum(x**2, 1)[:, None] - 2.0 * x @ centers.T + jnp.sum(centers**2, 1)[None, :])
+
+
+def _kmeans_once(key, x, k: int, iters: int):
+    n = x.shape[0]
+    keys = jax.random.split(key, k)
+    first = x[jax.random.randint(keys[0], (), 0, n)]
+    centers = jnp.zeros((k, x.shape[1]), x.dtype).at[0].set(first)
+    d2 = jnp.sum((x - first) ** 2, 1)
+    for j in range(1, k):  # k-means++ seeding (k is small and static)
+        p = d2 / jnp.maximum(jnp.sum(d2), jnp.finfo(x.dtype).tiny)
+        idx = jax.random.choice(keys[j], n, p=p)
+        centers = centers.at[j].set(x[idx])
+        d2 = jnp.minimum(d2, jnp.sum((x - x[idx]) ** 2, 1))
+
+    def lloyd(_, centers):
+        assign = jnp.argmin(_sq_dists(x, centers), axis=1)
+        onehot = jax.nn.one_hot(assign, k, dtype=x.dtype)
+        counts = onehot.sum(0)
+        new = (onehot.T @ x) / jnp.maximum(counts, 1.0)[:, None]
+        return jnp.where(counts[:, None] > 0, new, centers)
+
+    centers = lax.fori_loop(0, iters, lloyd, centers)
+    dists = _sq_dists(x, centers)
+    labels = jnp.argmin(dists, axis=1)
+    inertia = jnp.sum(jnp.min(dists, axis=1))
+    return labels, centers, inertia
+
+
+def kmeans(key, x, k: int, *, restarts: int = 4, iters: int = 50):
+    """k-means with k-means++ seeding, ``restarts`` runs, best inertia kept.
+
+    Args:
+      key: PRNG key. x: (n, p) points. k: number of clusters (static).
+
+    Returns:
+      labels (n,) int, centers (k, p), inertia scalar.
+    """
+    k = check_int("k", k, low=1)
+    restarts = check_int("restarts", restarts, low=1)
+    iters = check_int("iters", iters, low=1)
+    if jnp.ndim(x) != 2:
+        raise ValueError(f"x must be (n, p), got shape {jnp.shape(x)}")
+    labels, centers, inertia = jax.vmap(lambda kk: _kmeans_once(kk, x, k, iters))(
+        jax.random.split(key, restarts))
+    best = jnp.argmin(inertia)
+    return labels[best], centers[best], inertia[best]
+
+
+def _comb2(n):
+    return n * (n - 1.0) / 2.0
+
+
+def adjusted_rand_index(labels_true, labels_pred, num_true: int, num_pred: int) -> jax.Array:
+    """Adjusted Rand index (Hubert and Arabie), as scikit-learn's ``adjusted_rand_score``.
+
+    Labels must be ints in [0, num_true) and [0, num_pred) (static counts).
+    """
+    if jnp.shape(labels_true) != jnp.shape(labels_pred) or jnp.ndim(labels_true) != 1:
+        raise ValueError(
+            f"labels_true and labels_pred must be 1-D of equal length, got "
+            f"{jnp.shape(labels_true)} and {jnp.shape(labels_pred)}")
+    dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+    a = jax.nn.one_hot(labels_true, num_true, dtype=dtype)
+    b = jax.nn.one_hot(labels_pred, num_pred, dtype=dtype)
+    table = a.T @ b
+    n = jnp.asarray(labels_true.shape[0], dtype)
+    index = jnp.sum(_comb2(table))
+    sum_a = jnp.sum(_comb2(table.sum(1)))
+    sum_b = jnp.sum(_comb2(table.sum(0)))
+    expected = sum_a * sum_b / jnp.maximum(_comb2(n), 1.0)
+    max_index = 0.5 * (sum_a + sum_b)
+    denom = max_index - expected
+    return jnp.where(denom == 0, 1.0, (index - expected) / jnp.where(denom == 0, 1.0, denom))
+
+
+def kmeans_ari(key, z, labels, k: int, *, restarts: int = 4, iters: int = 50) -> jax.Array:
+    """k-means (k clusters) on embeddings z (n, p), scored by ARI against labels in [0, k)."""
+    pred, _, _ = kmeans(key, z, k, restarts=restarts, iters=iters)
+    return adjusted_rand_index(labels, pred, k, k)

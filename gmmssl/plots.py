@@ -1,0 +1,52 @@
+"""Plotting helpers shared by the experiments (matplotlib, Agg backend, no display needed)."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+__all__ = ["metric_against", "plt", "save", "scatter_embedding"]
+
+METHOD_STYLE = {
+    "lda": dict(color="black", marker="s", linestyle="--", label="LDA (supervised)"),
+    "pca": dict(color="tab:red", marker="v", linestyle=":", label="PCA"),
+    "oracle": dict(color="tab:green", marker="^", linestyle="-.", label="spectral oracle (CCA)"),
+    "init": dict(color="tab:gray", marker="x", linestyle=":", label="random init (chance)"),
+}
+
+
+def _style(method):
+    return METHOD_STYLE.get(method, dict(color="tab:blue", marker="o", linestyle="-", label=method))
+
+
+def metric_against(ax, summary, axis: str, metric: str, methods, *, ylabel: str | None = None):
+    """Mean ± std of ``metric`` against ``axis`` for each method, from results.summarize rows."""
+    for method in methods:
+        pts = sorted((s[axis], s[metric + "_mean"], s[metric + "_std"]) for s in summary
+                     if s["method"] == method and metric + "_mean" in s)
+        if not pts:
+            continue
+        x, m, sd = map(np.array, zip(*pts))
+        ax.errorbar(x, m, yerr=sd, capsize=3, **_style(method))
+    ax.set_xlabel(axis)
+    ax.set_ylabel(ylabel or metric)
+    ax.grid(alpha=0.3)
+
+
+def scatter_embedding(ax, z, labels, title: str):
+    """2-D scatter of an embedding z (n, 1 or 2) coloured by component."""
+    z = np.asarray(z)
+    y = z[:, 1] if z.shape[1] > 1 else np.random.default_rng(0).normal(0, 0.05, len(z))
+    ax.scatter(z[:, 0], y, c=np.asarray(labels), cmap="coolwarm", s=4, alpha=0.6)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,173 @@
+"""Tidy results: rows, CSV/JSON written atomically, summaries, tables and verdicts.
+
+A *row* is one grid cell and one method: the cell's axis values, ``method`` and every
+metric as columns, so ``pandas.read_csv("results.csv")`` gives a tidy frame.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Claim", "atomic_write", "claim", "format_table", "read_csv", "summarize",
+           "tidy_rows", "write_csv", "write_json"]
+
+
+def atomic_write(path, data: bytes | str) -> None:
+    """Writes ``data`` to ``path`` through a temporary file and a rename (never partial)."""
+    path = Path(path)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _scalar(v):
+    v = np.asarray(v)
+    if v.dtype.kind in "iub":
+        return int(v)
+    return float(v)
+
+
+def tidy_rows(grid: dict, metrics: dict) -> list[dict]:
+    """One row per cell and method.
+
+    Args:
+      grid: {axis: (G,) values}.
+      metrics: {method: {metric: (G,) values}}.
+    """
+    size = len(next(iter(grid.values())))
+    rows = []
+    for g in range(size):
+        cell = {name: _scalar(values[g]) for name, values in grid.items()}
+        for method, named in metrics.items():
+            row = dict(cell, method=method)
+            row.update({m: _scalar(v[g]) for m, v in named.items()})
+            rows.append(row)
+    return rows
+
+
+def _columns(rows):
+    cols = []
+    for row in rows:
+        cols.extend(k for k in row if k not in cols)
+    return cols
+
+
+def write_csv(rows: list[dict], path) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=_columns(rows), restval="", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write(path, buf.getvalue())
+
+
+def read_csv(path) -> list[dict]:
+    """Reads a results.csv back into rows (numbers parsed, blanks dropped)."""
+    def parse(v):
+        if v == "":
+            return None
+        for t in (int, float):
+            try:
+                return t(v)
+            except ValueError:
+                pass
+        return v
+
+    with open(path, newline="") as f:
+        return [{k: parse(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def write_json(obj, path) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if dataclasses.is_dataclass(o):
+        return dataclasses.asdict(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def summarize(rows: list[dict], by: tuple[str, ...], metrics: tuple[str, ...]) -> list[dict]:
+    """Mean, standard deviation, min and max of each metric over rows sharing ``by``.
+
+    Returns rows {by..., "n", metric + "_mean", metric + "_std", "_min", "_max"} in first-seen order.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row.get(b) for b in by), []).append(row)
+    out = []
+    for key, members in groups.items():
+        s = dict(zip(by, key), n=len(members))
+        for m in metrics:
+            vals = np.array([r[m] for r in members if r.get(m) is not None], dtype=float)
+            if vals.size:
+                s[m + "_mean"] = float(vals.mean())
+                s[m + "_std"] = float(vals.std())
+                s[m + "_min"] = float(vals.min())
+                s[m + "_max"] = float(vals.max())
+        out.append(s)
+    return out
+
+
+def format_table(summary: list[dict], row_key: str, col_key: str, metric: str, *, digits: int = 3,
+                 title: str | None = None) -> str:
+    """A text table of ``metric`` (mean ± std) with ``row_key`` down and ``col_key`` across."""
+    rows = list(dict.fromkeys(s[row_key] for s in summary))
+    cols = list(dict.fromkeys(s[col_key] for s in summary))
+    cell = {(s[row_key], s[col_key]): s for s in summary}
+
+    def fmt(s):
+        if s is None or metric + "_mean" not in s:
+            return "-"
+        return f"{s[metric + '_mean']:.{digits}f}±{s[metric + '_std']:.{digits}f}"
+
+    header = [f"{row_key}\\{col_key}"] + [f"{c:g}" if isinstance(c, float) else str(c) for c in cols]
+    body = [[str(r)] + [fmt(cell.get((r, c))) for c in cols] for r in rows]
+    widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
+    lines = [title or metric]
+    lines.append("  ".join(h.rjust(w) for h, w in zip(header, widths)))
+    lines.extend("  ".join(v.rjust(w) for v, w in zip(line, widths)) for line in body)
+    return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """One checked claim: what is claimed, what was measured, against which bound."""
+
+    statement: str
+    measured: float
+    tolerance: str
+    passed: bool
+
+
+_OPS = {"<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b}
+
+
+def claim(statement: str, measured: float, op: str, bound: float) -> Claim:
+    """A :class:`Claim` that ``measured op bound`` (op is "<=" or ">="); NaN fails."""
+    measured = float(measured)
+    passed = (not math.isnan(measured)) and bool(_OPS[op](measured, bound))
+    return Claim(statement, measured, f"{op} {bound:g}", passed)

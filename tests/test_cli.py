@@ -1,0 +1,70 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gmmssl import results
+from gmmssl.cli import main
+
+TINY = ["--set", "steps=100", "--set", "seeds=2", "--set", "delta=0,0.5,1", "--set", "d=8",
+        "--set", "batch_size=128", "--set", "num_baseline=500", "--set", "num_eval=500"]
+
+
+def test_list_names_the_pancakes_experiment(capsys):
+    assert main(["list"]) == 0
+    assert "pancakes" in capsys.readouterr().out
+
+
+def test_console_script_is_installed():
+    out = subprocess.run([sys.executable, "-m", "gmmssl.cli", "list"], capture_output=True, text=True, check=True)
+    assert "pancakes" in out.stdout
+
+
+def test_run_pancakes_writes_tidy_results(tmp_path, capsys):
+    out = tmp_path / "pk"
+    assert main(["run", "pancakes", "--out", str(out), *TINY]) == 0
+    for name in ("results.csv", "config.json", "projectors.npz", "verdict.json", "pancakes.png"):
+        assert (out / name).exists(), name
+    rows = results.read_csv(out / "results.csv")
+    methods = {"pca", "lda", "oracle", "infonce", "init"}
+    assert len(rows) == 3 * 2 * len(methods)
+    assert {r["method"] for r in rows} == methods
+    for r in rows:
+        assert {"delta", "seed", "learning_rate", "temperature", "fisher_capture", "fisher_efficiency", "ari"} <= set(r)
+        assert 0.0 <= r["fisher_capture"] <= 1.0 + 1e-5
+    lda = [r for r in rows if r["method"] == "lda"]
+    assert min(r["fisher_capture"] for r in lda) > 0.95
+    text = capsys.readouterr().out
+    assert "fisher_capture (mean±std over seeds)" in text and "verdict:" in text
+    npz = np.load(out / "projectors.npz")
+    assert npz["infonce"].shape == (6, 8, 2)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "nope"], "unknown experiment 'nope'"),
+        (["run", "pancakes", "--set", "colour=red"], "unknown --set key 'colour'"),
+        (["run", "pancakes", "--set", "delta=0.5,1.5"], "delta must be in [0.0, 1.0]"),
+        (["run", "pancakes", "--set", "r=30"], "r must be in [1, 20]"),
+        (["run", "pancakes", "--set", "r=0"], "r must be in [1, 20]"),
+        (["run", "pancakes", "--set", "num_components=1"], "num_components"),
+        (["run", "pancakes", "--set", "steps=abc"], "expected an integer"),
+        (["run", "pancakes", "--set", "learning_rate=-1"], "learning_rate must be in (0.0, inf)"),
+        (["run", "pancakes", "--set", "seeds=0"], "seeds must be in"),
+        (["run", "pancakes", "--set", "steps"], "KEY=VALUE"),
+    ],
+)
+def test_bad_input_exits_with_a_clear_message(args, message, capsys, tmp_path):
+    assert main([*args, "--out", str(tmp_path / "x")] if args[0] == "run" else args) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_unwritable_output_folder(tmp_path, capsys):
+    target = tmp_path / "file"
+    target.write_text("not a folder")
+    assert main(["run", "pancakes", "--out", str(target / "sub"), *TINY]) == 2
+    assert "--out" in capsys.readouterr().err

@@ -1,0 +1,80 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import adjusted_rand_score
+
+from gmmssl import metrics
+from gmmssl.fisher import fisher_subspace
+from gmmssl.gmm import GMM, parallel_pancakes
+
+
+def test_principal_angles_known_case():
+    a = jnp.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    t = 0.3
+    b = jnp.array([[1.0], [0.0], [0.0]]) * 2.0
+    c = jnp.array([[0.0], [np.cos(t)], [np.sin(t)]])
+    np.testing.assert_allclose(metrics.principal_angles(a, b), [0.0], atol=1e-3)
+    np.testing.assert_allclose(metrics.principal_angles(a, c), [t], atol=1e-5)
+
+
+def test_fisher_capture_values():
+    f = jnp.eye(5)[:, :2]
+    assert np.isclose(metrics.fisher_capture(jnp.eye(5)[:, :3] * 7.0, f), 1.0)
+    assert np.isclose(metrics.fisher_capture(jnp.eye(5)[:, 2:4], f), 0.0)
+    assert np.isclose(metrics.fisher_capture(jnp.eye(5)[:, 1:3], f), 0.5, atol=1e-6)
+    # a collapsed column does not count as a captured direction
+    collapsed = jnp.eye(5)[:, :2] * jnp.array([1.0, 1e-6])
+    assert np.isclose(metrics.fisher_capture(collapsed, f), 0.5, atol=1e-6)
+
+
+def test_fisher_efficiency_properties():
+    g = parallel_pancakes(6, 3)
+    f = fisher_subspace(g)
+    assert np.isclose(metrics.fisher_efficiency(f, g), 1.0, atol=1e-5)
+    # invariant to invertible changes of the embedding
+    m = jnp.array([[2.0, 1.0], [0.0, -3.0]])
+    assert np.isclose(metrics.fisher_efficiency(f @ m, g), 1.0, atol=1e-5)
+    assert np.isclose(metrics.fisher_efficiency(jnp.eye(6)[:, 3:5], g), 0.0, atol=1e-6)
+    half = metrics.fisher_efficiency(f[:, :1], g)
+    assert 0.0 < half < 1.0
+
+
+def test_effective_rank():
+    assert np.isclose(metrics.effective_rank(jnp.eye(4)[:, :3]), 3.0, rtol=1e-5)
+    assert np.isclose(metrics.effective_rank(jnp.eye(4)[:, :3] * jnp.array([1.0, 0.0, 0.0])), 1.0, rtol=1e-5)
+    assert 1.0 < metrics.effective_rank(jnp.diag(jnp.array([1.0, 0.1]))) < 2.0
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(0, 3), min_size=2, max_size=60), st.randoms(use_true_random=False))
+def test_ari_matches_sklearn(labels_true, rnd):
+    labels_pred = [rnd.randrange(4) for _ in labels_true]
+    ours = metrics.adjusted_rand_index(jnp.array(labels_true), jnp.array(labels_pred), 4, 4)
+    np.testing.assert_allclose(ours, adjusted_rand_score(labels_true, labels_pred), atol=1e-5)
+
+
+def test_ari_edge_cases():
+    same = jnp.array([0, 0, 1, 1])
+    assert np.isclose(metrics.adjusted_rand_index(same, 1 - same, 2, 2), 1.0)
+    one = jnp.zeros(5, jnp.int32)
+    assert np.isclose(metrics.adjusted_rand_index(one, one, 1, 1), adjusted_rand_score(one, one))
+
+
+def test_kmeans_recovers_separated_blobs_and_vmaps():
+    g = GMM(jnp.array([[0.0, 0.0], [6.0, 0.0], [0.0, 6.0]]), jnp.eye(2))
+    from gmmssl.gmm import sample
+    x, c = sample(jax.random.PRNGKey(0), g, 600)
+    assert metrics.kmeans_ari(jax.random.PRNGKey(1), x, c, 3) > 0.97
+    keys = jax.random.split(jax.random.PRNGKey(2), 3)
+    aris = jax.jit(jax.vmap(lambda k: metrics.kmeans_ari(k, x, c, 3)))(keys)
+    assert aris.shape == (3,) and np.all(np.asarray(aris) > 0.97)
+
+
+def test_metric_shape_errors():
+    with pytest.raises(ValueError, match="must be a"):
+        metrics.effective_rank(jnp.ones(3))
+    with pytest.raises(ValueError, match="same d"):
+        metrics.fisher_capture(jnp.ones((3, 2)), jnp.ones((4, 1)))
