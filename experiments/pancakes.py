@@ -22,7 +22,7 @@ from gmmssl.experiment import Experiment, Run
 from gmmssl.sweep import Sweep
 from gmmssl.fisher import fisher_subspace
 from gmmssl.gmm import parallel_pancakes, sample
-from gmmssl.train import TrainConfig, validate_hparams
+from gmmssl.train import TrainConfig, check_setup, validate_hparams
 
 DEFAULTS = {
     "d": 20,
@@ -34,6 +34,7 @@ DEFAULTS = {
     "seeds": 5,
     "learning_rate": (0.05,),
     "temperature": (1.0,),
+    "xi": (0.7,),
     "loss": "infonce",
     "mode": "prior",
     "steps": 600,
@@ -53,13 +54,15 @@ def build(config) -> Sweep:
     gmm = parallel_pancakes(config["d"], config["num_components"],
                             separation=config["separation"], thickness=config["thickness"])
     train_config = _train_config(config)
-    train_config.validate(gmm.dim)
+    check_setup(gmm, train_config)
     seeds = check_int("seeds", config["seeds"], low=1)
     check_int("num_baseline", config["num_baseline"], low=config["d"] + 1)
     check_int("num_eval", config["num_eval"], low=config["num_components"])
     axes = {"delta": config["delta"], "seed": tuple(range(seeds)),
             "learning_rate": config["learning_rate"], "temperature": config["temperature"]}
-    for name in ("delta", "learning_rate", "temperature"):
+    if config["loss"] == "simsiam":
+        axes["xi"] = config["xi"]
+    for name in [n for n in axes if n != "seed"]:
         if len(axes[name]) == 0:
             raise ValueError(f"{name} needs at least one value")
         validate_hparams({name: np.asarray(axes[name])})

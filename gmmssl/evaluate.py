@@ -92,7 +92,7 @@ def make_compare_cell(gmm: GMM, config: TrainConfig, fisher_basis, **kwargs):
 
     def evaluate_fn(cell, trained):
         key = jax.random.PRNGKey(cell["seed"])
-        start = init_params(_keys(key)[0], gmm.dim, config)["A"]
+        start = init_params(_keys(key)[0], gmm, config)["A"]
         learned = {config.loss: trained.params["A"], "init": start}
         out = evaluate_methods(key, gmm, cell_hparams(cell), config, fisher_basis, learned, **kwargs)
         out["metrics"][config.loss]["final_loss"] = trained.history["loss"][-1]

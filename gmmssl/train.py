@@ -27,10 +27,10 @@ import optax
 from gmmssl import losses
 from gmmssl._validate import check_choice, check_int, check_range
 from gmmssl.augment import MODES, sample_pairs
-from gmmssl.gmm import GMM
+from gmmssl.gmm import GMM, MultiModalGMM, sample_multimodal
 from gmmssl.metrics import fisher_capture
 
-__all__ = ["DEFAULT_HPARAMS", "HPARAM_RANGES", "OBJECTIVES", "TrainConfig", "TrainResult",
+__all__ = ["DEFAULT_HPARAMS", "HPARAM_RANGES", "OBJECTIVES", "TrainConfig", "TrainResult", "check_setup",
            "init_params", "make_hparams", "train", "validate_hparams"]
 
 # name: (default, low, high, low_open)
@@ -76,6 +76,9 @@ class TrainConfig:
       init_scale: A's entries start as N(0, init_scale²/d).
       num_samples: None for fresh pairs every step; an int n for minibatches from a
         fixed sample of n pairs.
+      predictor, distance, stop_gradient: SimSiam options (a trained r×r predictor
+        starting at identity plus N(0, 0.01²) noise; "l2" or "cosine"; stop-gradient on
+        the targets).
     """
 
     r: int = 2
@@ -90,6 +93,9 @@ class TrainConfig:
     log_every: int = 50
     init_scale: float = 1.0
     num_samples: int | None = None
+    predictor: bool = False
+    distance: str = "l2"
+    stop_gradient: bool = True
 
     def validate(self, d: int) -> None:
         check_int("r", self.r, low=1, high=d)
@@ -102,6 +108,7 @@ class TrainConfig:
         check_choice("similarity", self.similarity, losses._common.SIMILARITIES)
         check_choice("mode", self.mode, MODES)
         check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("distance", self.distance, losses._simsiam.DISTANCES)
         check_range("final_lr_fraction", self.final_lr_fraction, 0.0, 1.0)
         check_range("init_scale", self.init_scale, 0.0, float("inf"), low_open=True, high_open=True)
         if self.num_samples is not None:
@@ -109,15 +116,48 @@ class TrainConfig:
 
 
 class Objective(NamedTuple):
-    """A trainable loss: ``init(key, d, config) -> params``;
-    ``loss(params, x, x_pos, hparams, config, gmm) -> scalar``."""
+    """A trainable loss.
+
+    init(key, gmm, config) -> params; loss(params, x, x_pos, hparams, config, gmm) -> scalar;
+    batch(key, gmm, n, hparams, config) -> (x, x_pos), the training pairs;
+    data: the mixture type it trains on.
+    """
 
     init: Callable
     loss: Callable
+    batch: Callable
+    data: type = GMM
 
 
-def _init_projector(key, d, config):
-    return {"A": config.init_scale * jax.random.normal(key, (d, config.r)) / jnp.sqrt(d)}
+def _projector(key, d, config):
+    return config.init_scale * jax.random.normal(key, (d, config.r)) / jnp.sqrt(d)
+
+
+def _init_projector(key, gmm, config):
+    return {"A": _projector(key, gmm.dim, config)}
+
+
+def _init_simsiam(key, gmm, config):
+    k_a, k_p = jax.random.split(key)
+    params = {"A": _projector(k_a, gmm.dim, config)}
+    if config.predictor:
+        params["P"] = jnp.eye(config.r) + 0.01 * jax.random.normal(k_p, (config.r, config.r))
+    return params
+
+
+def _init_clip(key, gmm, config):
+    k1, k2 = jax.random.split(key)
+    return {"A": _projector(k1, gmm.dims[0], config), "A2": _projector(k2, gmm.dims[1], config)}
+
+
+def _aed_pairs(key, gmm, n, hparams, config):
+    x, x_pos, _, _ = sample_pairs(key, gmm, n, hparams["delta"], config.mode)
+    return x, x_pos
+
+
+def _modality_pairs(key, gmm, n, hparams, config):
+    pairs = sample_multimodal(key, gmm, n, hparams["delta"])
+    return pairs.x1, pairs.x2
 
 
 def _infonce_loss(params, x, x_pos, hparams, config, gmm):
@@ -126,9 +166,47 @@ def _infonce_loss(params, x, x_pos, hparams, config, gmm):
                           similarity=config.similarity, symmetric=config.symmetric)
 
 
+def _infonce_population_loss(params, x, x_pos, hparams, config, gmm):
+    a = params["A"]
+    la = gmm.chol.T @ a
+    return losses.infonce_population(x @ a, x_pos @ a, gmm.means @ a, la.T @ la, jnp.log(gmm.weights),
+                                     temperature=hparams["temperature"])
+
+
+def _simsiam_loss(params, x, x_pos, hparams, config, gmm):
+    a = params["A"]
+    return losses.simsiam(x @ a, x_pos @ a, predictor=params.get("P"), xi=hparams["xi"],
+                          distance=config.distance, stop_gradient=config.stop_gradient)
+
+
+def _spectral_loss(params, x, x_pos, hparams, config, gmm):
+    a = params["A"]
+    return losses.spectral_contrastive(x @ a, x_pos @ a)
+
+
+def _clip_loss(params, x1, x2, hparams, config, gmm):
+    return losses.clip(x1 @ params["A"], x2 @ params["A2"], temperature=hparams["temperature"],
+                       similarity=config.similarity)
+
+
 OBJECTIVES: dict[str, Objective] = {
-    "infonce": Objective(_init_projector, _infonce_loss),
+    "infonce": Objective(_init_projector, _infonce_loss, _aed_pairs),
+    "infonce_population": Objective(_init_projector, _infonce_population_loss, _aed_pairs),
+    "simsiam": Objective(_init_simsiam, _simsiam_loss, _aed_pairs),
+    "spectral": Objective(_init_projector, _spectral_loss, _aed_pairs),
+    "clip": Objective(_init_clip, _clip_loss, _modality_pairs, MultiModalGMM),
 }
+
+
+def check_setup(gmm, config: TrainConfig) -> None:
+    """Raises ValueError when config cannot train on gmm (eagerly, before tracing)."""
+    check_choice("loss", config.loss, OBJECTIVES)
+    want = OBJECTIVES[config.loss].data
+    if not isinstance(gmm, want):
+        raise ValueError(f"loss {config.loss!r} trains on a {want.__name__}, got {type(gmm).__name__}")
+    config.validate(gmm.dim)
+    if isinstance(gmm, MultiModalGMM):
+        check_int("r", config.r, low=1, high=min(gmm.dims))
 
 
 class TrainResult(NamedTuple):
@@ -140,9 +218,9 @@ class TrainResult(NamedTuple):
     history: dict
 
 
-def init_params(key, d: int, config: TrainConfig):
+def init_params(key, gmm, config: TrainConfig):
     """The parameters :func:`train` starts from for this key (before any step)."""
-    return OBJECTIVES[config.loss].init(jax.random.split(key)[0], d, config)
+    return OBJECTIVES[config.loss].init(jax.random.split(key)[0], gmm, config)
 
 
 def _schedule(config: TrainConfig, peak):
@@ -163,7 +241,8 @@ def train(key, gmm: GMM, hparams: dict, config: TrainConfig, fisher_basis=None) 
     Args:
       key: PRNG key. For one key the initialization and every step's draws are the
         same whatever the hyper-parameters (common random numbers across a grid).
-      gmm: the data mixture.
+      gmm: the data mixture (a :class:`MultiModalGMM` for loss "clip", whose history
+        and "A" refer to the first modality; its second projector is "A2").
       hparams: dict of scalars (see :data:`HPARAM_RANGES`); missing ones take defaults.
       config: static :class:`TrainConfig`.
       fisher_basis: optional (d, m) basis; when given, the history records capture.
@@ -179,22 +258,21 @@ def train(key, gmm: GMM, hparams: dict, config: TrainConfig, fisher_basis=None) 
       >>> res.params["A"].shape, res.history["loss"].shape
       ((6, 2), (2,))
     """
-    config.validate(gmm.dim)
+    check_setup(gmm, config)
     hparams = {**{k: jnp.asarray(v, jnp.float32) for k, v in DEFAULT_HPARAMS.items()}, **hparams}
     validate_hparams(hparams)
     objective = OBJECTIVES[config.loss]
     k_data = jax.random.split(key)[1]
-    params = init_params(key, gmm.dim, config)
+    params = init_params(key, gmm, config)
     tx = optax.inject_hyperparams(optax.adam)(learning_rate=_schedule(config, hparams["learning_rate"]))
     opt_state = tx.init(params)
 
     if config.num_samples is None:
         def batch(step_key):
-            x, x_pos, _, _ = sample_pairs(step_key, gmm, config.batch_size, hparams["delta"], config.mode)
-            return x, x_pos
+            return objective.batch(step_key, gmm, config.batch_size, hparams, config)
     else:
-        pool_x, pool_pos, _, _ = sample_pairs(jax.random.fold_in(k_data, config.steps), gmm, config.num_samples,
-                                              hparams["delta"], config.mode)
+        pool_x, pool_pos = objective.batch(jax.random.fold_in(k_data, config.steps), gmm,
+                                           config.num_samples, hparams, config)
 
         def batch(step_key):
             idx = jax.random.randint(step_key, (config.batch_size,), 0, config.num_samples)

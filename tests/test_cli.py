@@ -54,6 +54,9 @@ def test_run_pancakes_writes_tidy_results(tmp_path, capsys):
         (["run", "pancakes", "--set", "learning_rate=-1"], "learning_rate must be in (0.0, inf)"),
         (["run", "pancakes", "--set", "seeds=0"], "seeds must be in"),
         (["run", "pancakes", "--set", "steps"], "KEY=VALUE"),
+        (["run", "pancakes", "--set", "loss=clip"], "loss 'clip' trains on a MultiModalGMM"),
+        (["run", "pancakes", "--set", "loss=byol"], "loss must be one of"),
+        (["run", "pancakes", "--set", "loss=simsiam", "--set", "xi=-1"], "xi must be in"),
     ],
 )
 def test_bad_input_exits_with_a_clear_message(args, message, capsys, tmp_path):
@@ -68,3 +71,13 @@ def test_unwritable_output_folder(tmp_path, capsys):
     target.write_text("not a folder")
     assert main(["run", "pancakes", "--out", str(target / "sub"), *TINY]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("loss", ["simsiam", "infonce_population", "spectral"])
+def test_run_with_another_loss(loss, tmp_path):
+    out = tmp_path / loss
+    assert main(["run", "pancakes", "--out", str(out), *TINY, "--set", f"loss={loss}"]) == 0
+    rows = results.read_csv(out / "results.csv")
+    assert {r["method"] for r in rows} == {"pca", "lda", "oracle", "init", loss}
+    best = [r for r in rows if r["method"] == loss and r["delta"] == 1.0]
+    assert min(r["fisher_capture"] for r in best) > 0.9

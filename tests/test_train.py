@@ -53,7 +53,7 @@ def test_train_compiles_once_for_any_hyperparameters():
 
 def test_common_random_numbers_start_from_the_same_projector():
     g = parallel_pancakes(6, 2)
-    a0 = init_params(jax.random.PRNGKey(4), 6, CFG)["A"]
+    a0 = init_params(jax.random.PRNGKey(4), g, CFG)["A"]
     short = TrainConfig(r=2, batch_size=32, steps=1, log_every=1, schedule="constant")
     r1 = train(jax.random.PRNGKey(4), g, make_hparams(delta=0.2, learning_rate=1e-8), short)
     np.testing.assert_allclose(r1.params["A"], a0, atol=1e-6)

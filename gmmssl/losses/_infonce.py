@@ -1,9 +1,11 @@
-r"""InfoNCE, the contrastive loss with in-batch negatives."""
+r"""InfoNCE with in-batch negatives, CLIP, and InfoNCE with analytic (population) negatives."""
 from __future__ import annotations
 
+import chex
 import jax.numpy as jnp
 from jax.nn import logsumexp
 
+from gmmssl._validate import check_range
 from gmmssl.losses._common import check_pair, similarity_logits
 
 
@@ -18,6 +20,13 @@ def infonce(z, z_pos, *, temperature=1.0, similarity: str = "dot", symmetric: bo
     row i are the positives z⁺_j of the other rows (j ≠ i); the positive z⁺_i is in
     the denominator too. ``symmetric=True`` averages this with the column direction
     :math:`\frac1B\sum_j[\log\sum_i e^{\ell_{ij}} - \ell_{jj}]`.
+
+    Relation to ``optax.losses.ntxent`` (SimCLR's NT-Xent) on
+    ``concatenate([z, z_pos])`` with labels ``[0..B-1, 0..B-1]``: NT-Xent's anchor z_i
+    also counts the same-view rows z_j (j ≠ i) as negatives, 2B − 2 in all, where this
+    loss counts only the other view's B − 1. So with ``similarity="cosine",
+    symmetric=True`` this loss is NT-Xent without same-view negatives, and is never
+    larger than it (tested).
 
     Args:
       z: (B, r) embeddings of the samples.
@@ -43,3 +52,68 @@ def infonce(z, z_pos, *, temperature=1.0, similarity: str = "dot", symmetric: bo
     if symmetric:
         loss = 0.5 * (loss + jnp.mean(logsumexp(logits, axis=0) - positives))
     return loss
+
+
+def clip(z_a, z_b, *, temperature=1.0, similarity: str = "dot"):
+    r"""CLIP: symmetric InfoNCE between two modalities' embeddings of matched pairs.
+
+    .. math::
+       \ell_{ij} = s(z^a_i, z^b_j)/\tau,\quad
+       L = \tfrac12\Big(\frac1B\sum_i[\log\sum_j e^{\ell_{ij}} - \ell_{ii}]
+           + \frac1B\sum_j[\log\sum_i e^{\ell_{ij}} - \ell_{jj}]\Big)
+
+    Each modality has its own projector (z_a = x_a A_a, z_b = x_b A_b), so both must
+    embed into the same r.
+
+    Args:
+      z_a: (B, r) first modality; z_b: (B, r) second modality, row i paired with z_a's row i.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> round(float(clip(jnp.eye(2), jnp.eye(2), temperature=0.5)), 4)
+      0.1269
+    """
+    check_pair(z_a, z_b, names=("z_a", "z_b"))
+    return infonce(z_a, z_b, temperature=temperature, similarity=similarity, symmetric=True)
+
+
+def infonce_population(z, z_pos, neg_means, neg_cov, neg_log_weights, *, temperature=1.0):
+    r"""InfoNCE with infinitely many negatives drawn from a Gaussian mixture, in closed form.
+
+    For embeddings z' = x'A of negatives x' from the mixture, the embedded negatives are
+    a mixture with means m_j = μ_j A (K, r) and covariance S = AᵀΣA (r, r), and the
+    moment generating function gives
+
+    .. math::
+       \log E_{x'} e^{z\cdot z'/\tau} = \log\sum_j \pi_j
+           \exp\big(z\cdot m_j/\tau + \tfrac12 z S z^\top/\tau^2\big),
+
+    so the loss is :math:`\frac1B\sum_i[-z_i\cdot z^+_i/\tau + \log E_{x'}e^{z_i\cdot z'/\tau}]`,
+    dot similarity only. Cost O(B(Kr + r²)) on top of m and S (O(Kdr + dr²)); there is
+    no B×B matrix and no negative-sampling noise. As B grows, sampled
+    ``infonce(z, z_pos) − log B`` tends to this value (tested).
+
+    Args:
+      z, z_pos: (B, r) embeddings of the pairs.
+      neg_means: (K, r) embedded component means μ_j A.
+      neg_cov: (r, r) embedded shared covariance AᵀΣA.
+      neg_log_weights: (K,) log mixture weights log π_j.
+      temperature: τ > 0.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> z = jnp.zeros((2, 1))
+      >>> float(infonce_population(z, z, jnp.zeros((2, 1)), jnp.eye(1), jnp.log(jnp.array([0.5, 0.5]))))
+      0.0
+    """
+    check_pair(z, z_pos)
+    chex.assert_rank([neg_means, neg_cov, neg_log_weights], [2, 2, 1])
+    chex.assert_equal_shape_suffix([z, neg_means], 1, custom_message="neg_means must be (K, r)")
+    chex.assert_shape(neg_cov, (z.shape[1], z.shape[1]), custom_message="neg_cov must be (r, r)")
+    chex.assert_shape(neg_log_weights, (neg_means.shape[0],), custom_message="neg_log_weights must be (K,)")
+    check_range("temperature", temperature, 0.0, float("inf"), low_open=True, high_open=True)
+    t = temperature
+    quad = 0.5 * jnp.einsum("br,rs,bs->b", z, neg_cov, z) / t**2  # (B,)
+    lin = z @ neg_means.T / t  # (B, K)
+    log_mgf = logsumexp(lin + neg_log_weights[None, :], axis=1) + quad
+    return jnp.mean(log_mgf - jnp.sum(z * z_pos, axis=1) / t)

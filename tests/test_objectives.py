@@ -1,0 +1,95 @@
+"""Training with every loss through the one scan-based trainer (issue 3)."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gmmssl.fisher import canonical_correlations, fisher_subspace, lda
+from gmmssl.gmm import multimodal_gmm, parallel_pancakes, random_gmm, sample_multimodal
+from gmmssl.metrics import fisher_capture, kmeans_ari
+from gmmssl.train import OBJECTIVES, TrainConfig, init_params, make_hparams, train
+
+jtrain = jax.jit(train, static_argnums=3)
+
+
+@pytest.mark.parametrize("loss", ["infonce", "infonce_population", "simsiam", "spectral"])
+def test_every_single_view_loss_trains_and_compiles_once(loss):
+    g = parallel_pancakes(8, 2)
+    f = fisher_subspace(g)
+    cfg = TrainConfig(r=2, batch_size=128, steps=300, log_every=100, loss=loss,
+                      predictor=(loss == "simsiam"))
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def run(key, delta, lr):
+        return train(key, g, {"delta": delta, "learning_rate": lr, "xi": 0.7, "temperature": 1.0}, cfg, f)
+
+    chex.clear_trace_counter()
+    res = run(jax.random.PRNGKey(0), 1.0, 0.05)
+    run(jax.random.PRNGKey(1), 0.5, 0.02)  # new values, no new trace
+    assert np.all(np.isfinite(np.asarray(res.history["loss"])))
+    assert float(res.history["fisher_capture"][-1]) > 0.95, (loss, res.history["fisher_capture"])
+
+
+def test_simsiam_predictor_is_a_trained_parameter_starting_near_identity():
+    g = parallel_pancakes(6, 2)
+    cfg = TrainConfig(r=2, batch_size=64, steps=100, log_every=50, loss="simsiam", predictor=True)
+    p0 = init_params(jax.random.PRNGKey(0), g, cfg)["P"]
+    assert np.abs(np.asarray(p0) - np.eye(2)).max() < 0.05
+    res = jtrain(jax.random.PRNGKey(0), g, make_hparams(xi=0.7), cfg)
+    assert np.abs(np.asarray(res.params["P"]) - np.asarray(p0)).max() > 1e-3
+
+
+@pytest.mark.parametrize("stop_gradient", [True, False])
+def test_simsiam_surviving_norms_follow_the_prediction(stop_gradient):
+    """No predictor, l2: the squared norms of AᵀΣ_T A against the canonical correlations ρ.
+
+    Plain objective (stop_gradient=False): 1 − (1−ρ)/ξ, the SPEC's formula. SimSiam's
+    stop-gradient halves the alignment gradient: 1 − (1−ρ)/(2ξ). Clipped at 0 (collapse).
+    """
+    g = random_gmm(jax.random.PRNGKey(3), 6, 4, separation=1.5, condition_number=20.0)
+    delta = 0.5
+    rho = np.asarray(canonical_correlations(g, delta))[:3]
+    cfg = TrainConfig(r=3, batch_size=1024, steps=2000, log_every=500, loss="simsiam",
+                      stop_gradient=stop_gradient)
+    factor = 2.0 if stop_gradient else 1.0
+    for xi in (0.4, 0.7, 1.0):
+        res = jtrain(jax.random.PRNGKey(0), g, make_hparams(delta=delta, xi=xi, learning_rate=0.02), cfg)
+        a = np.asarray(res.params["A"], np.float64)
+        norms = np.sort(np.linalg.eigvalsh(a.T @ np.asarray(g.total_cov, np.float64) @ a))[::-1]
+        predicted = np.maximum(0.0, 1.0 - (1.0 - rho) / (factor * xi))
+        np.testing.assert_allclose(norms, predicted, atol=0.05, err_msg=f"xi={xi}")
+
+
+def test_clip_learns_the_shared_fisher_subspace_and_filters_private_structure():
+    mm = multimodal_gmm(jax.random.PRNGKey(0), dims=(6, 6), num_components=3, num_private=(2, 2),
+                        separation=2.0, private_separation=3.0)
+    cfg = TrainConfig(r=2, batch_size=256, steps=600, log_every=100, loss="clip")
+    res = jtrain(jax.random.PRNGKey(1), mm, make_hparams(delta=1.0), cfg)
+    ev = sample_multimodal(jax.random.PRNGKey(2), mm, 2000)
+    km = jax.random.PRNGKey(3)
+    for m, a, x, j in ((0, res.params["A"], ev.x1, ev.j1), (1, res.params["A2"], ev.x2, ev.j2)):
+        assert fisher_capture(a, fisher_subspace(mm.shared_view(m))) >= 0.98
+        ari_lda = kmeans_ari(km, x @ lda(x, ev.c1, 3), ev.c1, 3)
+        assert kmeans_ari(km, x @ a, ev.c1, 3) >= ari_lda - 0.02
+        assert kmeans_ari(km, x @ a, j, 2) <= 0.05
+    # unimodal InfoNCE on modality 1, whose augmentations keep both components, learns the private part
+    uni = jtrain(jax.random.PRNGKey(1), mm.modality(0), make_hparams(delta=1.0), TrainConfig(r=3, batch_size=256, steps=600, log_every=100))
+    a = uni.params["A"]
+    assert fisher_capture(a, fisher_subspace(mm.private_view(0))) >= 0.98
+    assert kmeans_ari(km, ev.x1 @ a, ev.j1, 2) >= 0.9
+
+
+def test_losses_refuse_the_wrong_kind_of_mixture():
+    mm = multimodal_gmm(jax.random.PRNGKey(0), dims=(4, 5))
+    with pytest.raises(ValueError, match="loss 'clip' trains on a MultiModalGMM"):
+        train(jax.random.PRNGKey(0), parallel_pancakes(4, 2), make_hparams(), TrainConfig(loss="clip"))
+    with pytest.raises(ValueError, match="loss 'infonce' trains on a GMM"):
+        train(jax.random.PRNGKey(0), mm, make_hparams(), TrainConfig())
+    with pytest.raises(ValueError, match=r"r must be in \[1, 4\]"):
+        train(jax.random.PRNGKey(0), mm, make_hparams(), TrainConfig(loss="clip", r=5))
+
+
+def test_every_registered_objective_is_tested():
+    assert set(OBJECTIVES) == {"infonce", "infonce_population", "simsiam", "spectral", "clip"}
