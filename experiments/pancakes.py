@@ -18,8 +18,8 @@ import numpy as np
 from gmmssl import plots, results
 from gmmssl._validate import check_int
 from gmmssl.evaluate import METRICS, make_compare_cell
-from gmmssl.experiment import Experiment, Run
-from gmmssl.sweep import Sweep
+from gmmssl.experiment import Experiment, Run, part_rows
+from gmmssl.sweep import Sweep, estimate_cell_bytes
 from gmmssl.fisher import fisher_subspace
 from gmmssl.gmm import parallel_pancakes, sample
 from gmmssl.train import TrainConfig, check_setup, validate_hparams
@@ -69,70 +69,84 @@ def build(config) -> Sweep:
     train_fn, evaluate_fn = make_compare_cell(gmm, train_config, fisher_subspace(gmm),
                                               num_baseline=config["num_baseline"],
                                               num_eval=config["num_eval"])
-    return Sweep(train_fn, evaluate_fn, axes)
+    cell_bytes = estimate_cell_bytes(config["d"], config["r"], config["batch_size"],
+                                     num_negatives=0 if config["loss"] == "infonce_population" else None)
+    return Sweep(train_fn, evaluate_fn, axes, cell_bytes)
 
 
-def _summary(run: Run):
-    return results.summarize(run.rows, ("method", "delta"), METRICS + ("final_loss",))
+def _summary(rows):
+    return results.summarize(rows, ("method", "delta"), METRICS + ("final_loss",))
 
 
-def claims(run: Run):
-    loss = run.config["loss"]
-    by = {(s["method"], s["delta"]): s for s in _summary(run)}
+def _part_claims(rows, loss: str, tag: str):
+    by = {(s["method"], s["delta"]): s for s in _summary(rows)}
     deltas = sorted({d for _, d in by})
     out = [
-        results.claim("PCA fails: Fisher capture (max over cells)",
+        results.claim(f"{tag}PCA fails: Fisher capture (max over cells)",
                       max(by[("pca", d)]["fisher_capture_max"] for d in deltas), "<=", 0.05),
-        results.claim("PCA fails: k-means ARI (max over cells)",
+        results.claim(f"{tag}PCA fails: k-means ARI (max over cells)",
                       max(by[("pca", d)]["ari_max"] for d in deltas), "<=", 0.1),
-        results.claim("LDA finds S_F: Fisher capture (min over cells)",
+        results.claim(f"{tag}LDA finds S_F: Fisher capture (min over cells)",
                       min(by[("lda", d)]["fisher_capture_min"] for d in deltas), ">=", 0.99),
-        results.claim("LDA separates: k-means ARI (min over cells)",
+        results.claim(f"{tag}LDA separates: k-means ARI (min over cells)",
                       min(by[("lda", d)]["ari_min"] for d in deltas), ">=", 0.95),
     ]
     for d in deltas:
         if d >= 0.25:
             s, lda = by[(loss, d)], by[("lda", d)]
-            out.append(results.claim(f"{loss} finds S_F at delta={d:g}: Fisher capture (min over seeds)",
+            out.append(results.claim(f"{tag}{loss} finds S_F at delta={d:g}: Fisher capture (min over seeds)",
                                      s["fisher_capture_min"], ">=", 0.98))
-            out.append(results.claim(f"{loss} matches LDA at delta={d:g}: mean ARI minus LDA's",
+            out.append(results.claim(f"{tag}{loss} matches LDA at delta={d:g}: mean ARI minus LDA's",
                                      s["ari_mean"] - lda["ari_mean"], ">=", -0.02))
     if 0.0 in deltas:
-        out.append(results.claim(f"{loss} at delta=0 fails like PCA: mean k-means ARI",
+        out.append(results.claim(f"{tag}{loss} at delta=0 fails like PCA: mean k-means ARI",
                                  by[(loss, 0.0)]["ari_mean"], "<=", 0.1))
     return out
 
 
-def figures(run: Run, out_dir):
-    config, loss = run.config, run.config["loss"]
-    gmm = parallel_pancakes(config["d"], config["num_components"],
-                            separation=config["separation"], thickness=config["thickness"])
-    x, c = sample(jax.random.PRNGKey(12345), gmm, 1500)
-    grid = run.grid
-    show = max(d for d in grid["delta"] if d < 1.0) if np.any(grid["delta"] < 1.0) else 1.0
+def claims(run: Run):
+    out = []
+    for part in run.parts:
+        tag = "".join(f"[{k}={v}] " for k, v in part.static.items())
+        out += _part_claims(part_rows(run, part), part.config["loss"], tag)
+    return out
+
+
+def _shown_cell(grid):
     mid = [d for d in sorted(set(grid["delta"].tolist())) if 0 < d < 1]
     show = mid[len(mid) // 2] if mid else float(grid["delta"][0])
-    cell = int(np.flatnonzero((grid["delta"] == show) & (grid["seed"] == 0))[0])
-    proj = run.outputs["projectors"]
-    summary = _summary(run)
-    methods = ["pca", "lda", "oracle", "init", loss]
+    return show, int(np.flatnonzero((grid["delta"] == show) & (grid["seed"] == grid["seed"].min()))[0])
 
-    fig, axes = plots.plt.subplots(1, 4, figsize=(17, 4))
-    plots.scatter_embedding(axes[0], x @ proj["pca"][cell], c, "PCA projection")
-    plots.scatter_embedding(axes[1], x @ proj[loss][cell], c, f"{loss} projection (δ={show:g})")
-    plots.metric_against(axes[2], summary, "delta", "fisher_capture", methods, ylabel="Fisher capture")
-    plots.metric_against(axes[3], summary, "delta", "ari", methods, ylabel="k-means ARI")
-    axes[3].legend(fontsize=8, loc="center right")
-    fig.suptitle(f"parallel pancakes: d={config['d']}, K={config['num_components']}, r={config['r']}, "
-                 f"{config['seeds']} seeds, {config['steps']} steps")
+
+def figures(run: Run, out_dir):
+    fig, axes = plots.plt.subplots(len(run.parts), 4, figsize=(17, 4 * len(run.parts)), squeeze=False)
+    for row, part in zip(axes, run.parts):
+        config, loss = part.config, part.config["loss"]
+        gmm = parallel_pancakes(config["d"], config["num_components"],
+                                separation=config["separation"], thickness=config["thickness"])
+        x, c = sample(jax.random.PRNGKey(12345), gmm, 1500)
+        show, cell = _shown_cell(part.grid)
+        proj = part.outputs["projectors"]
+        summary = _summary(part_rows(run, part))
+        methods = ["pca", "lda", "oracle", "init", loss]
+        title = f"d={config['d']}, K={config['num_components']}, r={config['r']}"
+        plots.scatter_embedding(row[0], x @ proj["pca"][cell], c, f"PCA projection ({title})")
+        plots.scatter_embedding(row[1], x @ proj[loss][cell], c, f"{loss} projection (δ={show:g})")
+        plots.metric_against(row[2], summary, "delta", "fisher_capture", methods, ylabel="Fisher capture")
+        plots.metric_against(row[3], summary, "delta", "ari", methods, ylabel="k-means ARI")
+        row[3].legend(fontsize=8, loc="center right")
+    fig.suptitle(f"parallel pancakes: {run.config['seeds']} seeds, {run.config['steps']} steps")
     return [plots.save(fig, out_dir / "pancakes.png")]
 
 
 def report(run: Run) -> str:
-    summary = _summary(run)
-    parts = [results.format_table(summary, "method", "delta", m, title=f"{m} (mean±std over seeds)")
-             for m in ("fisher_capture", "fisher_efficiency", "ari")]
-    return "\n\n".join(parts)
+    out = []
+    for part in run.parts:
+        summary = _summary(part_rows(run, part))
+        tag = "".join(f"[{k}={v}] " for k, v in part.static.items())
+        out += [results.format_table(summary, "method", "delta", m, title=f"{tag}{m} (mean±std over seeds)")
+                for m in ("fisher_capture", "fisher_efficiency", "ari")]
+    return "\n\n".join(out)
 
 
 EXPERIMENT = Experiment(
@@ -143,4 +157,5 @@ EXPERIMENT = Experiment(
     claims=claims,
     figures=figures,
     report=report,
+    static_keys=("d", "num_components", "r", "batch_size", "steps", "loss", "separation", "thickness"),
 )

@@ -16,6 +16,12 @@ def _parser():
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value; lists are comma-separated (repeatable)")
     run.add_argument("--strict", action="store_true", help="exit with status 1 when a claim fails")
+    run.add_argument("--resume", action="store_true",
+                     help="reuse the finished chunks in --out (refused if its config differs)")
+    run.add_argument("--chunk-size", type=int, default=None, metavar="N",
+                     help="cells per compiled call (default: from the memory estimate)")
+    run.add_argument("--budget-mb", type=float, default=None, metavar="MB",
+                     help="memory budget of one chunk (default: a quarter of the available memory)")
     return p
 
 
@@ -40,11 +46,14 @@ def main(argv=None) -> int:
     out = Path(args.out or Path("results") / args.name)
     print(f"gmmssl run {args.name} -> {out}/", flush=True)
     try:
-        run = run_experiment(exp, out, overrides, progress=lambda line: print("  " + line, flush=True))
+        run = run_experiment(exp, out, overrides, progress=lambda line: print("  " + line, flush=True),
+                             resume=args.resume, chunk_size=args.chunk_size,
+                             budget_bytes=None if args.budget_mb is None else int(args.budget_mb * 2**20))
     except ValueError as err:
         print(f"gmmssl: error: {err}", file=sys.stderr)
         return 2
-    print(f"grid of {len(next(iter(run.grid.values())))} cells in {run.seconds:.1f}s "
+    cells = sum(len(next(iter(p.grid.values()))) for p in run.parts)
+    print(f"{cells} cells in {len(run.parts)} static configuration(s), {run.seconds:.1f}s "
           f"(compilation included)\n")
     print(exp.report(run))
     print("\nverdict:")

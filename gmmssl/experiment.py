@@ -10,6 +10,8 @@ claims it checks and which figures it draws. :func:`run_experiment` is the one r
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import os
 import platform
 import time
@@ -22,19 +24,40 @@ import numpy as np
 from gmmssl import results, sweep
 from gmmssl.sweep import Sweep
 
-__all__ = ["Experiment", "Run", "Sweep", "parse_overrides", "resolve_config", "run_experiment"]
+__all__ = ["Experiment", "Part", "Run", "Sweep", "parse_overrides", "part_rows", "resolve_config",
+           "run_experiment", "static_configs"]
+
+
+@dataclasses.dataclass
+class Part:
+    """The grid of one static configuration: its static values, resolved config, the
+    flattened grid and the raw outputs."""
+
+    static: dict
+    config: dict
+    grid: dict
+    outputs: dict
 
 
 @dataclasses.dataclass
 class Run:
-    """A finished run: the resolved config, the flattened grid, raw outputs, tidy rows."""
+    """A finished run: the resolved config, one :class:`Part` per static configuration,
+    and the tidy rows of all of them (static values as columns)."""
 
     config: dict
-    grid: dict
-    outputs: dict
+    parts: list
     rows: list
     claims: list = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+
+    @property
+    def grid(self) -> dict:
+        """The first static configuration's grid (the only one when nothing is static)."""
+        return self.parts[0].grid
+
+    @property
+    def outputs(self) -> dict:
+        return self.parts[0].outputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +68,9 @@ class Experiment:
       name, description: shown by ``gmmssl list``.
       defaults: flat default config; its value types define how ``--set`` parses.
       build: resolved config -> :class:`Sweep` (raises ValueError on a bad config).
+      static_keys: config keys that may take a comma-separated list of values: each
+        combination is a static configuration (its own shapes, its own compilation),
+        run one after the other; dynamic axes (δ, seeds, ...) are lists inside build.
       claims: (run) -> list of :class:`gmmssl.results.Claim`.
       figures: (run, out_dir) -> list of written paths.
       report: (run) -> text printed after the run (tables).
@@ -57,6 +83,7 @@ class Experiment:
     claims: Callable[[Run], list]
     figures: Callable[[Run, Path], list]
     report: Callable[[Run], str]
+    static_keys: tuple = ()
 
 
 def _parse_value(key: str, text: str, default):
@@ -101,15 +128,41 @@ def parse_overrides(items) -> dict[str, str]:
 
 
 def resolve_config(experiment: Experiment, overrides: Mapping[str, Any]) -> dict:
-    """The defaults with overrides (strings are parsed by the default's type)."""
+    """The defaults with overrides (strings are parsed by the default's type; a static
+    key given several comma-separated values becomes a tuple, a static axis)."""
     config = dict(experiment.defaults)
     for key, value in overrides.items():
         if key not in config:
             raise ValueError(
                 f"unknown --set key {key!r} for experiment {experiment.name!r}; "
                 f"valid keys: {', '.join(sorted(config))}")
-        config[key] = _parse_value(key, value, config[key]) if isinstance(value, str) else value
+        if not isinstance(value, str):
+            config[key] = value
+        elif key in experiment.static_keys and "," in value:
+            parts = [p for p in value.replace(" ", "").split(",") if p]
+            config[key] = tuple(_parse_value(key, p, experiment.defaults[key]) for p in parts)
+        else:
+            config[key] = _parse_value(key, value, config[key])
     return config
+
+
+def static_configs(experiment: Experiment, config: dict) -> list[tuple[dict, dict]]:
+    """[(static values, scalar config)] for every combination of the static axes."""
+    axes = {k: config[k] for k in experiment.static_keys if isinstance(config[k], (tuple, list))}
+    for k, v in axes.items():
+        if len(v) == 0:
+            raise ValueError(f"{k} needs at least one value")
+    combos = itertools.product(*axes.values()) if axes else [()]
+    return [(dict(zip(axes, combo)), {**config, **dict(zip(axes, combo))}) for combo in combos]
+
+
+def part_rows(run: Run, part: Part) -> list[dict]:
+    """The rows of one static configuration."""
+    return [r for r in run.rows if all(r.get(k) == v for k, v in part.static.items())]
+
+
+def _tag(static: dict) -> str:
+    return "_".join(f"{k}={v}" for k, v in static.items()) or "all"
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -141,30 +194,67 @@ def environment() -> dict:
 
 
 def run_experiment(experiment: Experiment, out_dir, overrides: Mapping[str, Any] | None = None,
-                   progress: Callable[[str], None] | None = None) -> Run:
-    """Resolves the config, runs the grid, writes every result file into ``out_dir``.
+                   progress: Callable[[str], None] | None = None, resume: bool = False,
+                   chunk_size: int | None = None, budget_bytes: int | None = None) -> Run:
+    """Resolves the config, runs every static configuration's grid, writes the results.
 
-    Files: results.csv (tidy), config.json (config, grid axes, environment, timing),
-    projectors.npz (every learned or fitted projector, keyed "method"), figures, and
-    verdict.json (each claim: statement, measured, tolerance, passed).
+    Everything is validated (every static configuration built) before anything compiles.
+    Files in ``out_dir``: config.json (written first: config, axes, environment; timing
+    added at the end), chunks/<static>/ (the sweep engine's chunk files, for --resume),
+    results.csv (tidy), projectors.npz (keys "method", or "static/method" when there are
+    static axes, plus the grid), figures, and verdict.json (each claim: statement,
+    measured, tolerance, passed).
+
+    With ``resume=True`` finished chunks are reused; a folder written by a different
+    config is refused, naming the keys that differ.
     """
     config = resolve_config(experiment, overrides or {})
-    spec = experiment.build(config)  # validates before anything compiles
+    if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) < 1):
+        raise ValueError(f"--chunk-size must be a positive integer, got {chunk_size!r}")
+    if budget_bytes is not None and budget_bytes <= 0:
+        raise ValueError(f"--budget-mb must be positive, got {budget_bytes / 2**20:g}")
+    plans = [(static, cfg, experiment.build(cfg)) for static, cfg in static_configs(experiment, config)]
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
+    config_path = out_dir / "config.json"
+    if resume and config_path.exists():
+        old = json.loads(config_path.read_text())
+        if old.get("experiment") != experiment.name:
+            raise ValueError(f"--resume: {out_dir} holds experiment {old.get('experiment')!r}, "
+                             f"not {experiment.name!r}")
+        new = json.loads(json.dumps(config, default=list))
+        diffs = [f"{k} ({old['config'].get(k)!r} -> {new.get(k)!r})" for k in sorted(set(old["config"]) | set(new))
+                 if old["config"].get(k) != new.get(k)]
+        if diffs:
+            raise ValueError(f"--resume: {out_dir} was written by a different config; differing: "
+                             + "; ".join(diffs))
+    meta = {"experiment": experiment.name, "config": config,
+            "static": [static for static, _, _ in plans],
+            "axes": {_tag(static): {k: list(v) for k, v in spec.axes.items()} for static, _, spec in plans},
+            "num_cells": sum(len(sweep.flatten_grid(spec.axes)[next(iter(spec.axes))]) for _, _, spec in plans),
+            "environment": environment()}
+    results.write_json(meta, config_path)
     start = time.perf_counter()
-    grid, outputs = sweep.run_grid(spec, progress=progress)
+    parts, rows = [], []
+    for static, cfg, spec in plans:
+        tag = _tag(static)
+        grid, outputs = sweep.run_grid(spec, out_dir=out_dir / "chunks" / tag, resume=resume,
+                                       fingerprint=cfg, progress=progress, chunk_size=chunk_size,
+                                       budget_bytes=budget_bytes,
+                                       label=f"{tag} " if static else "")
+        parts.append(Part(static, cfg, grid, outputs))
+        rows.extend({**static, **row} for row in results.tidy_rows(grid, outputs["metrics"]))
     seconds = time.perf_counter() - start
-    run = Run(config, grid, outputs, results.tidy_rows(grid, outputs["metrics"]), seconds=seconds)
+    run = Run(config, parts, rows, seconds=seconds)
     run.claims = experiment.claims(run)
     results.write_csv(run.rows, out_dir / "results.csv")
-    np.savez_compressed(out_dir / "projectors.npz", **{k: v for k, v in outputs["projectors"].items()},
-                        **{f"grid_{k}": v for k, v in grid.items()})
-    results.write_json({"experiment": experiment.name, "config": config,
-                        "axes": {k: list(v) for k, v in spec.axes.items()},
-                        "num_cells": len(next(iter(grid.values()))),
-                        "environment": environment(), "seconds": round(seconds, 3)},
-                       out_dir / "config.json")
+    arrays = {}
+    for part in parts:
+        prefix = f"{_tag(part.static)}/" if len(parts) > 1 else ""
+        arrays.update({f"{prefix}{k}": v for k, v in part.outputs["projectors"].items()})
+        arrays.update({f"{prefix}grid_{k}": v for k, v in part.grid.items()})
+    np.savez_compressed(out_dir / "projectors.npz", **arrays)
+    results.write_json({**meta, "seconds": round(seconds, 3)}, config_path)
     experiment.figures(run, out_dir)
     results.write_json({"experiment": experiment.name,
                         "passed": all(c.passed for c in run.claims),

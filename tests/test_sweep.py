@@ -8,6 +8,7 @@ from gmmssl.fisher import fisher_subspace
 from gmmssl.gmm import parallel_pancakes
 from gmmssl.sweep import Sweep, flatten_grid, run_grid
 from gmmssl.train import TrainConfig, train
+from gmmssl.cli import main
 
 
 def test_flatten_grid_is_the_cartesian_product_first_axis_slowest():
@@ -43,3 +44,151 @@ def test_grid_cell_matches_the_single_run_and_chunks_compile_once():
                    {"delta": 0.5, "learning_rate": 0.05}, cfg, fisher_subspace(g))
     np.testing.assert_allclose(out["projectors"]["infonce"][cell], single.params["A"], atol=1e-5, rtol=1e-4)
     np.testing.assert_allclose(out["metrics"]["infonce"]["final_loss"][cell], single.history["loss"][-1], rtol=1e-5)
+
+
+# ------------------------------------------------------------- issue 4: the engine
+
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from gmmssl import results  # noqa: E402
+from gmmssl.sweep import choose_chunk_size, estimate_cell_bytes  # noqa: E402
+
+TINY = ["--set", "steps=100", "--set", "seeds=2", "--set", "delta=0,0.5,1", "--set", "d=8",
+        "--set", "batch_size=128", "--set", "num_baseline=500", "--set", "num_eval=500"]
+
+
+def _cli(*args, env=None, **kw):
+    return subprocess.run([sys.executable, "-m", "gmmssl.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, **kw)
+
+
+def _rows(path):
+    return results.read_csv(Path(path) / "results.csv")
+
+
+def _max_metric_diff(a, b):
+    assert len(a) == len(b)
+    worst = 0.0
+    for ra, rb in zip(a, b):
+        assert {k: v for k, v in ra.items() if isinstance(v, str) or k in ("delta", "seed")} == \
+               {k: v for k, v in rb.items() if isinstance(v, str) or k in ("delta", "seed")}
+        for k in ("fisher_capture", "final_loss"):
+            if k in ra:
+                worst = max(worst, abs(ra[k] - rb[k]))
+    return worst
+
+
+def test_chunks_compile_once_whatever_the_grid_size():
+    g = parallel_pancakes(6, 2)
+    cfg = TrainConfig(r=2, batch_size=32, steps=20, log_every=10)
+    train_fn, evaluate_fn = make_compare_cell(g, cfg, fisher_subspace(g), num_baseline=100, num_eval=100)
+    for cells in (2, 12):
+        chex.clear_trace_counter()
+        spec = Sweep(chex.assert_max_traces(train_fn, n=1), chex.assert_max_traces(evaluate_fn, n=1),
+                     {"delta": tuple(np.linspace(0, 1, cells)), "seed": (0,)})
+        grid, out = run_grid(spec, chunk_size=2)
+        assert out["projectors"]["infonce"].shape[0] == cells
+
+
+def test_memory_estimate_bounds_what_xla_allocates():
+    """The per-cell estimate is an upper bound within 4× of XLA's compiled temp memory."""
+    for d, r, b in ((16, 2, 128), (64, 8, 256), (32, 4, 512)):
+        g = parallel_pancakes(d, 2)
+        cfg = TrainConfig(r=r, batch_size=b, steps=10, log_every=10)
+        f = jax.jit(jax.vmap(lambda k: train(k, g, {}, cfg).params["A"]))
+        temp = [f.lower(jax.random.split(jax.random.PRNGKey(0), n)).compile().memory_analysis().temp_size_in_bytes
+                for n in (1, 9)]
+        per_cell = (temp[1] - temp[0]) / 8
+        est = estimate_cell_bytes(d, r, b)
+        assert per_cell <= est <= 4 * per_cell, (d, r, b, per_cell, est)
+
+
+def test_choose_chunk_size():
+    assert choose_chunk_size(1000, grid_size=100, num_devices=1, budget_bytes=10_000) == 10
+    assert choose_chunk_size(1000, grid_size=100, num_devices=4, budget_bytes=10_000) == 8
+    assert choose_chunk_size(1000, grid_size=5, num_devices=1, budget_bytes=10**9) == 5
+    assert choose_chunk_size(1000, grid_size=5, num_devices=4, budget_bytes=10**9) == 8  # padded
+    assert choose_chunk_size(10**9, grid_size=5, num_devices=2, budget_bytes=1) == 2  # one per device
+
+
+def test_same_command_twice_writes_identical_results(tmp_path):
+    for name in ("a", "b"):
+        assert main(["run", "pancakes", "--out", str(tmp_path / name), *TINY, "--chunk-size", "4"]) == 0
+    assert (tmp_path / "a" / "results.csv").read_bytes() == (tmp_path / "b" / "results.csv").read_bytes()
+
+
+def test_chunking_changes_nothing_beyond_rounding(tmp_path):
+    main(["run", "pancakes", "--out", str(tmp_path / "one"), *TINY])
+    main(["run", "pancakes", "--out", str(tmp_path / "many"), *TINY, "--chunk-size", "1"])
+    assert _max_metric_diff(_rows(tmp_path / "one"), _rows(tmp_path / "many")) < 1e-4
+
+
+def test_four_devices_give_the_same_results_as_one(tmp_path):
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    four = _cli("run", "pancakes", "--out", str(tmp_path / "four"), *TINY, env=env)
+    assert four.returncode == 0, four.stderr
+    one = _cli("run", "pancakes", "--out", str(tmp_path / "one"), *TINY, env={"JAX_PLATFORMS": "cpu"})
+    assert one.returncode == 0, one.stderr
+    devices = json.loads((tmp_path / "four" / "config.json").read_text())["environment"]["devices"]
+    assert len(devices) == 4
+    manifest = json.loads((tmp_path / "four" / "chunks" / "all" / "sweep.json").read_text())
+    assert manifest["chunk_size"] % 4 == 0
+    assert _max_metric_diff(_rows(tmp_path / "four"), _rows(tmp_path / "one")) < 1e-4
+
+
+def test_sigkill_halfway_then_resume_gives_the_uninterrupted_results(tmp_path):
+    args = ["run", "pancakes", *TINY, "--set", "seeds=4", "--chunk-size", "1"]  # 12 chunks
+    full = _cli(*args, "--out", str(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "gmmssl.cli", *args, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    chunks = out / "chunks" / "all"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(chunks.glob("chunk_*.npz"))) < 4:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list(chunks.glob("chunk_*.npz")))
+    assert 4 <= done < 12, done
+    assert not (out / "results.csv").exists()
+    resumed = _cli(*args, "--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (out / "results.csv").read_bytes() == (tmp_path / "full" / "results.csv").read_bytes()
+    assert len(list(chunks.glob("chunk_*.npz"))) == 12
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_resume_refuses_a_different_config(tmp_path, capsys):
+    assert main(["run", "pancakes", "--out", str(tmp_path), *TINY]) == 0
+    assert main(["run", "pancakes", "--out", str(tmp_path), *TINY, "--set", "steps=200", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "different config" in err and "steps (100 -> 200)" in err
+
+
+def test_static_axes_run_one_compilation_each(tmp_path):
+    assert main(["run", "pancakes", "--out", str(tmp_path), *TINY, "--set", "num_components=2,3"]) == 0
+    rows = _rows(tmp_path)
+    assert {r["num_components"] for r in rows} == {2, 3}
+    assert (tmp_path / "chunks" / "num_components=2").is_dir() and (tmp_path / "chunks" / "num_components=3").is_dir()
+    npz = np.load(tmp_path / "projectors.npz")
+    assert npz["num_components=3/lda"].shape == (6, 8, 2)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "delta="], "at least one value"),
+    (["--set", "delta=0.5,2"], "delta must be in [0.0, 1.0]"),
+    (["--set", "temperature=0"], "temperature must be in (0.0, inf)"),
+    (["--set", "seed=3"], "unknown --set key 'seed'"),
+    (["--chunk-size", "0"], "--chunk-size must be a positive integer"),
+])
+def test_bad_grid_input_is_refused_before_compiling(args, message, tmp_path, capsys):
+    assert main(["run", "pancakes", "--out", str(tmp_path), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "results.csv").exists()
