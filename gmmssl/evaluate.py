@@ -77,26 +77,40 @@ def cell_hparams(cell: dict) -> dict:
     return {k: v for k, v in cell.items() if k in HPARAM_RANGES}
 
 
-def make_compare_cell(gmm: GMM, config: TrainConfig, fisher_basis, **kwargs):
-    """(train_fn, evaluate_fn) of a method comparison on a fixed mixture, for the sweep engine.
+def make_compare_cell(mixture_fn, config: TrainConfig, num_directions: int | None = None, **kwargs):
+    """(prepare_fn, train_fn, evaluate_fn) of a method comparison, for the sweep engine.
+
+    Args:
+      mixture_fn: cell -> GMM (traceable; may use the cell's values, such as a condition
+        number or the seed). A fixed mixture: ``lambda cell: gmm``.
+      config: the static training config.
+      num_directions: m, the Fisher subspace's dimension (default K − 1).
+      kwargs: passed to :func:`evaluate_methods`.
 
     A cell is a dict of scalars: "seed" (the PRNG seed) and any hyper-parameter of
-    :data:`gmmssl.train.HPARAM_RANGES`. kwargs go to :func:`evaluate_methods`.
-    The outputs hold "metrics" and "projectors" per method and the trainer's "history".
-    Method "init" is the trainer's starting projector (random): the chance reference.
+    :data:`gmmssl.train.HPARAM_RANGES` (the others keep their defaults), plus whatever
+    mixture_fn reads. Outputs: "metrics" and "projectors" per method and the trainer's
+    "history". Method "init" is the trainer's starting projector (random): the chance
+    reference.
     """
 
-    def train_fn(cell):
-        k_train = _keys(jax.random.PRNGKey(cell["seed"]))[0]
-        return train(k_train, gmm, cell_hparams(cell), config, fisher_basis)
+    def prepare_fn(cell):
+        gmm = mixture_fn(cell)
+        m = gmm.num_components - 1 if num_directions is None else num_directions
+        return {"gmm": gmm, "fisher": fisher.fisher_subspace(gmm, num_directions=m)}
 
-    def evaluate_fn(cell, trained):
+    def train_fn(cell, data):
+        k_train = _keys(jax.random.PRNGKey(cell["seed"]))[0]
+        return train(k_train, data["gmm"], cell_hparams(cell), config, data["fisher"])
+
+    def evaluate_fn(cell, data, trained):
         key = jax.random.PRNGKey(cell["seed"])
+        gmm = data["gmm"]
         start = init_params(_keys(key)[0], gmm, config)["A"]
         learned = {config.loss: trained.params["A"], "init": start}
-        out = evaluate_methods(key, gmm, cell_hparams(cell), config, fisher_basis, learned, **kwargs)
+        out = evaluate_methods(key, gmm, cell_hparams(cell), config, data["fisher"], learned, **kwargs)
         out["metrics"][config.loss]["final_loss"] = trained.history["loss"][-1]
-        out["history"] = trained.history
+        out["history"] = dict(trained.history)
         return out
 
-    return train_fn, evaluate_fn
+    return prepare_fn, train_fn, evaluate_fn

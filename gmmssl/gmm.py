@@ -214,17 +214,20 @@ def parallel_pancakes(
     d = check_int("d", d, low=k)
     check_range("separation", separation, 0.0, np.inf, low_open=True, high_open=True)
     check_range("thickness", thickness, 0.0, np.inf, low_open=True, high_open=True)
-    per_dir = separation**2 / (k - 1) + thickness**2
-    if per_dir >= 1.0:
-        raise ValueError(
-            "separation and thickness must satisfy separation**2/(num_components-1) + "
-            f"thickness**2 < 1 (the wide directions have variance 1); got {per_dir:.3g}"
-        )
-    means = np.zeros((k, d))
-    means[:, : k - 1] = separation * _simplex(k)
-    diag = np.ones(d)
-    diag[: k - 1] = thickness**2
-    return GMM(jnp.asarray(means, dtype), jnp.asarray(np.diag(diag), dtype))
+    if is_concrete((separation, thickness)):
+        per_dir = float(separation) ** 2 / (k - 1) + float(thickness) ** 2
+        if per_dir >= 1.0:
+            raise ValueError(
+                "separation and thickness must satisfy separation**2/(num_components-1) + "
+                f"thickness**2 < 1 (the wide directions have variance 1); got {per_dir:.3g}")
+    simplex = np.zeros((k, d))
+    simplex[:, : k - 1] = _simplex(k)
+    thin = np.zeros(d)
+    thin[: k - 1] = 1.0
+    sep = jnp.asarray(separation, dtype)
+    diag = 1.0 + (jnp.asarray(thickness, dtype) ** 2 - 1.0) * jnp.asarray(thin, dtype)
+    # (separation and thickness may be traced: a grid axis)
+    return GMM(sep * jnp.asarray(simplex, dtype), jnp.diag(diag))
 
 
 def random_gmm(

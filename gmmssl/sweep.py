@@ -7,13 +7,17 @@ grid axis of G cells; each cell is a dict of scalars, traced, so the whole grid 
 once. (Static choices, such as d, r, K, B, the loss or the number of steps, change
 shapes or code: the experiment runner loops over them outside, one compilation each.)
 
-A :class:`Sweep` has two phases per cell:
+A :class:`Sweep` has three phases per cell:
 
-* ``train_fn(cell) -> trained`` is vmapped over the chunk (the hot path: every optimizer
-  step of every cell advances together);
-* ``evaluate_fn(cell, trained) -> outputs`` (a nested dict of arrays) is mapped cell by
-  cell with ``lax.map`` on each device (baselines and metrics; see
-  :mod:`gmmssl.evaluate` for why not vmapped).
+* ``prepare_fn(cell) -> data`` (build the cell's mixture, its Fisher basis: linear
+  algebra) is mapped cell by cell with ``lax.map`` on each device;
+* ``train_fn(cell, data) -> trained`` is vmapped over the chunk (the hot path: every
+  optimizer step of every cell advances together);
+* ``evaluate_fn(cell, data, trained) -> outputs`` (a nested dict of arrays) is mapped
+  cell by cell (baselines and metrics).
+
+Linear algebra is kept out of the vmapped phase on purpose: see :mod:`gmmssl.evaluate`
+for the jaxlib deadlock that batched LAPACK calls can cause on the CPU.
 
 Memory: the grid is processed in chunks of ``chunk_size`` cells, chosen by
 :func:`choose_chunk_size` from :func:`estimate_cell_bytes` and a budget (default a
@@ -53,15 +57,20 @@ __all__ = ["Sweep", "choose_chunk_size", "default_budget_bytes", "estimate_cell_
            "run_grid"]
 
 
+def _no_data(cell):
+    return {}
+
+
 @dataclasses.dataclass(frozen=True)
 class Sweep:
-    """A grid to run: the two phases of a cell, the dynamic axes, and the estimated
-    memory of one cell (bytes; see :func:`estimate_cell_bytes`)."""
+    """A grid to run: the phases of a cell, the dynamic axes, and the estimated memory of
+    one cell (bytes; see :func:`estimate_cell_bytes`)."""
 
-    train_fn: Callable[[dict], Any]
-    evaluate_fn: Callable[[dict, Any], dict]
+    train_fn: Callable[[dict, Any], Any]
+    evaluate_fn: Callable[[dict, Any, Any], dict]
     axes: dict
     cell_bytes: int = 1 << 20
+    prepare_fn: Callable[[dict], Any] = _no_data
 
 
 def estimate_cell_bytes(d: int, r: int, batch_size: int, *, num_param_matrices: int = 1,
@@ -226,18 +235,22 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, fingerprint: di
 
     train = jax.jit(jax.vmap(spec.train_fn))
 
-    def evaluate_chunk(cells, trained):
-        def per_device(args):
-            return jax.vmap(lambda c, t: jax.lax.map(lambda a: spec.evaluate_fn(*a), (c, t)))(*args)
+    def per_cell(fn):
+        """fn mapped cell by cell (lax.map) on each device's share of the chunk."""
 
         def split(x):
             x = x.reshape((num_devices, -1) + x.shape[1:])
             return jax.lax.with_sharding_constraint(x, split_sharding if x.ndim > 1 else grid_sharding)
 
-        outs = per_device(jax.tree_util.tree_map(split, (cells, trained)))
-        return jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), _as_dict(outs))
+        def mapped(*args):
+            outs = jax.vmap(lambda *a: jax.lax.map(lambda b: fn(*b), a))(*jax.tree_util.tree_map(split, args))
+            return jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), outs)
 
-    evaluate = jax.jit(evaluate_chunk)
+        return jax.jit(mapped)
+
+    prepare = per_cell(spec.prepare_fn)
+    evaluate_chunk = per_cell(lambda c, d, t: _as_dict(spec.evaluate_fn(c, d, t)))
+    evaluate = evaluate_chunk
     num_chunks = math.ceil(size / chunk)
     pieces = []
     start_time = time.perf_counter()
@@ -251,7 +264,8 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, fingerprint: di
         else:
             idx = np.arange(lo, lo + chunk) % size  # pad the last chunk by wrapping around
             cells = {n: jax.device_put(_as_device_array(v[idx]), grid_sharding) for n, v in grid.items()}
-            result = evaluate(cells, train(cells))
+            data = prepare(cells)
+            result = evaluate(cells, data, train(cells, data))
             if jax.process_count() > 1:
                 from jax.experimental import multihost_utils
                 result = multihost_utils.process_allgather(result, tiled=True)

@@ -21,18 +21,14 @@ def test_flatten_grid_is_the_cartesian_product_first_axis_slowest():
         flatten_grid({})
 
 
-def _spec(g, cfg):
-    train_fn, evaluate_fn = make_compare_cell(g, cfg, fisher_subspace(g), num_baseline=200, num_eval=200)
-    return train_fn, evaluate_fn
-
-
 def test_grid_cell_matches_the_single_run_and_chunks_compile_once():
     g = parallel_pancakes(6, 2)
     cfg = TrainConfig(r=2, batch_size=64, steps=40, log_every=20)
-    train_fn, evaluate_fn = _spec(g, cfg)
+    prepare_fn, train_fn, evaluate_fn = make_compare_cell(lambda cell: g, cfg, num_baseline=200, num_eval=200)
     counted = chex.assert_max_traces(train_fn, n=1)
     chex.clear_trace_counter()
-    spec = Sweep(counted, evaluate_fn, {"delta": (0.25, 0.5, 1.0), "seed": (0, 1), "learning_rate": (0.05,)})
+    spec = Sweep(counted, evaluate_fn, {"delta": (0.25, 0.5, 1.0), "seed": (0, 1), "learning_rate": (0.05,)},
+                 prepare_fn=prepare_fn)
     lines = []
     grid, out = run_grid(spec, chunk_size=4, progress=lines.append)  # 6 cells: 2 chunks, one padded
     assert len(lines) == 2
@@ -87,11 +83,12 @@ def _max_metric_diff(a, b):
 def test_chunks_compile_once_whatever_the_grid_size():
     g = parallel_pancakes(6, 2)
     cfg = TrainConfig(r=2, batch_size=32, steps=20, log_every=10)
-    train_fn, evaluate_fn = make_compare_cell(g, cfg, fisher_subspace(g), num_baseline=100, num_eval=100)
+    prepare_fn, train_fn, evaluate_fn = make_compare_cell(lambda cell: g, cfg, num_baseline=100, num_eval=100)
     for cells in (2, 12):
         chex.clear_trace_counter()
         spec = Sweep(chex.assert_max_traces(train_fn, n=1), chex.assert_max_traces(evaluate_fn, n=1),
-                     {"delta": tuple(np.linspace(0, 1, cells)), "seed": (0,)})
+                     {"delta": tuple(np.linspace(0, 1, cells)), "seed": (0,)},
+                     prepare_fn=chex.assert_max_traces(prepare_fn, n=1))
         grid, out = run_grid(spec, chunk_size=2)
         assert out["projectors"]["infonce"].shape[0] == cells
 

@@ -1,0 +1,1 @@
+"""gmmssl benchmarks: ``python -m benchmarks [kernels|sweep|all]`` or ``gmmssl bench``."""

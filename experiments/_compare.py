@@ -1,0 +1,180 @@
+"""The method-comparison experiment: an SSL projector beside PCA, LDA, the spectral oracle
+and the random start, on a family of mixtures, over grid axes.
+
+Every comparison experiment (pancakes, delta, dimension, variance, rank) is this one
+runner with its own defaults, its own x axis and its own claims; they differ only in
+configuration. Keys:
+
+* static (one compilation each; a comma-separated list makes a static axis):
+  d, num_components, r, batch_size, steps, loss, mode, mixture;
+* dynamic (grid axes, traced; always lists): delta, learning_rate, temperature, xi, and,
+  for the mixture family, condition_number (random) or thickness (pancakes);
+* seeds: the number of seeds (for "random" mixtures each seed also draws a new mixture).
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Callable
+
+import jax
+import numpy as np
+
+from gmmssl import plots, results
+from gmmssl._validate import check_choice, check_int
+from gmmssl.evaluate import METRICS, make_compare_cell
+from gmmssl.experiment import Experiment, Run, part_rows
+from gmmssl.gmm import parallel_pancakes, random_gmm, sample
+from gmmssl.sweep import Sweep, estimate_cell_bytes
+from gmmssl.train import HPARAM_RANGES, TrainConfig, check_setup, validate_hparams
+
+STATIC_KEYS = ("d", "num_components", "r", "batch_size", "steps", "loss", "mode", "mixture")
+MIXTURE_AXES = {"pancakes": ("thickness",), "random": ("condition_number",)}
+HPARAM_AXES = ("delta", "learning_rate", "temperature", "xi")
+
+BASE = {
+    "mixture": "random",
+    "d": 16,
+    "num_components": 3,
+    "r": 2,
+    "separation": 1.0,
+    "thickness": (0.1,),
+    "condition_number": (10.0,),
+    "delta": (0.0, 0.25, 0.5, 1.0),
+    "seeds": 4,
+    "learning_rate": (0.05,),
+    "temperature": (1.0,),
+    "xi": (1.0,),
+    "loss": "infonce",
+    "mode": "prior",
+    "steps": 600,
+    "log_every": 50,
+    "batch_size": 256,
+    "num_baseline": 2000,
+    "num_eval": 2000,
+}
+
+
+def mixture(config: dict, cell: dict):
+    """The cell's mixture (traceable in the cell's dynamic values)."""
+    if config["mixture"] == "pancakes":
+        return parallel_pancakes(config["d"], config["num_components"], separation=config["separation"],
+                                 thickness=cell.get("thickness", config["thickness"][0]))
+    key = jax.random.fold_in(jax.random.PRNGKey(1234), cell["seed"])
+    return random_gmm(key, config["d"], config["num_components"], separation=config["separation"],
+                      condition_number=cell.get("condition_number", config["condition_number"][0]))
+
+
+def axes_of(config: dict) -> dict:
+    axes = {name: config[name] for name in HPARAM_AXES if name != "xi" or config["loss"] == "simsiam"}
+    axes.update({name: config[name] for name in MIXTURE_AXES[config["mixture"]]})
+    axes["seed"] = tuple(range(check_int("seeds", config["seeds"], low=1)))
+    return axes
+
+
+def build(config: dict) -> Sweep:
+    check_choice("mixture", config["mixture"], MIXTURE_AXES)
+    train_config = TrainConfig(r=config["r"], batch_size=config["batch_size"], steps=config["steps"],
+                               loss=config["loss"], mode=config["mode"], log_every=config["log_every"])
+    axes = axes_of(config)
+    for name, values in axes.items():
+        if len(values) == 0:
+            raise ValueError(f"{name} needs at least one value")
+        if name in HPARAM_RANGES:
+            validate_hparams({name: np.asarray(values)})
+    if config["mixture"] == "random":
+        for c in config["condition_number"]:
+            if not np.isfinite(c) or c < 1:
+                raise ValueError(f"condition_number must be in [1, inf), got {c!r}")
+    # build every concrete mixture variant once: validates d, K, separation, thickness eagerly
+    variants = [dict(zip(MIXTURE_AXES[config["mixture"]], v))
+                for v in itertools.product(*(axes[n] for n in MIXTURE_AXES[config["mixture"]]))]
+    for v in variants:
+        gmm = mixture(config, {"seed": 0, **v})
+    check_setup(gmm, train_config)
+    check_int("num_baseline", config["num_baseline"], low=config["d"] + 1)
+    check_int("num_eval", config["num_eval"], low=config["num_components"])
+    prepare_fn, train_fn, evaluate_fn = make_compare_cell(
+        lambda cell: mixture(config, cell), train_config,
+        num_baseline=config["num_baseline"], num_eval=config["num_eval"])
+    cell_bytes = estimate_cell_bytes(config["d"], config["r"], config["batch_size"],
+                                     num_negatives=0 if config["loss"] == "infonce_population" else None)
+    return Sweep(train_fn, evaluate_fn, axes, cell_bytes, prepare_fn)
+
+
+def summary(rows, x: str):
+    return results.summarize(rows, ("method", x), METRICS + ("final_loss",))
+
+
+def groups(run: Run, x: str) -> list[tuple[str, list, list]]:
+    """(title, rows, parts) per combination of the varying static keys other than x."""
+    keys = [k for k in (run.parts[0].static if run.parts else {}) if k != x]
+    out: dict[tuple, tuple[list, list]] = {}
+    for part in run.parts:
+        rows, parts = out.setdefault(tuple(part.static[k] for k in keys), ([], []))
+        rows.extend(part_rows(run, part))
+        parts.append(part)
+    return [(" ".join(f"{k}={v}" for k, v in zip(keys, key)), rows, parts) for key, (rows, parts) in out.items()]
+
+
+def report(run: Run, x: str) -> str:
+    out = []
+    for title, rows, _ in groups(run, x):
+        tag = f"[{title}] " if title else ""
+        out += [results.format_table(summary(rows, x), "method", x, m, title=f"{tag}{m} (mean±std over seeds)")
+                for m in ("fisher_capture", "fisher_efficiency", "ari")]
+    return "\n\n".join(out)
+
+
+XLABELS = {"delta": "δ (probability x⁺ shares x's component)", "d": "dimension d",
+           "condition_number": "condition number of Σ", "r": "embedding dimension r",
+           "thickness": "pancake thickness σ"}
+
+
+def figure(run: Run, out_dir, x: str, name: str, scatter: bool = False):
+    panels = [("fisher_capture", "Fisher capture (0–1)"), ("fisher_efficiency", "Fisher efficiency (0–1)"),
+              ("ari", "k-means ARI (0 = chance)")]
+    rows_of = groups(run, x)
+    ncols = len(panels) + (2 if scatter else 0)
+    fig, axes = plots.plt.subplots(len(rows_of), ncols, figsize=(4.3 * ncols, 3.8 * len(rows_of)), squeeze=False)
+    for ax_row, (title, rows, parts) in zip(axes, rows_of):
+        methods = ["pca", "lda", "oracle", "init"] + sorted({r["method"] for r in rows} - {"pca", "lda", "oracle", "init"})
+        s = summary(rows, x)
+        col = 0
+        if scatter:
+            _scatter(ax_row[0], ax_row[1], parts[0], parts[0].config["loss"])
+            col = 2
+        for ax, (metric, label) in zip(ax_row[col:], panels):
+            plots.metric_against(ax, s, x, metric, methods, ylabel=label)
+            ax.set_xlabel(XLABELS.get(x, x))
+            if x in ("d", "condition_number") and len({r[x] for r in rows}) > 2:
+                ax.set_xscale("log")
+            ax.set_title(f"{label.split(' (')[0]}{' — ' + title if title else ''}", fontsize=9)
+        ax_row[-1].legend(fontsize=7, loc="best")
+    fig.suptitle(f"{name}: mean ± std over {run.config['seeds']} seeds")
+    return [plots.save(fig, out_dir / f"{name}.png")]
+
+
+def _scatter(ax_pca, ax_ssl, part, loss):
+    config = part.config
+    gmm = mixture(config, {"seed": 0})
+    x, c = sample(jax.random.PRNGKey(12345), gmm, 1500)
+    grid = part.grid
+    mid = [d for d in sorted(set(grid["delta"].tolist())) if 0 < d < 1]
+    show = mid[len(mid) // 2] if mid else float(grid["delta"][-1])
+    cell = int(np.flatnonzero((grid["delta"] == show) & (grid["seed"] == 0))[0])
+    proj = part.outputs["projectors"]
+    plots.scatter_embedding(ax_pca, x @ proj["pca"][cell], c, f"PCA projection (d={config['d']})")
+    plots.scatter_embedding(ax_ssl, x @ proj[loss][cell], c, f"{loss} projection (δ={show:g})")
+
+
+def by_method_x(rows, x):
+    return {(s["method"], s[x]): s for s in summary(rows, x)}
+
+
+def comparison(name: str, description: str, defaults: dict, claims: Callable[[Run], list], *, x: str = "delta",
+               scatter: bool = False) -> Experiment:
+    """A comparison experiment: BASE updated by ``defaults``, plotted and tabulated against x."""
+    return Experiment(
+        name=name, description=description, defaults={**BASE, **defaults}, build=build, claims=claims,
+        figures=lambda run, out: figure(run, out, x, name, scatter),
+        report=lambda run: report(run, x), static_keys=STATIC_KEYS)
