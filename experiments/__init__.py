@@ -1,7 +1,8 @@
 """The experiment registry: ``gmmssl list`` shows these, ``gmmssl run NAME`` runs one."""
-from experiments import pancakes
+from experiments import clip, delta, dimension, pancakes, rank, simsiam_xi, variance
 
-REGISTRY = {e.name: e for e in (pancakes.EXPERIMENT,)}
+REGISTRY = {e.name: e for e in (pancakes.EXPERIMENT, delta.EXPERIMENT, dimension.EXPERIMENT, variance.EXPERIMENT,
+                                 rank.EXPERIMENT, simsiam_xi.EXPERIMENT, clip.EXPERIMENT)}
 
 
 def get(name: str):

@@ -10,6 +10,11 @@ configuration. Keys:
 * dynamic (grid axes, traced; always lists): delta, learning_rate, temperature, xi, and,
   for the mixture family, condition_number (random) or thickness (pancakes);
 * seeds: the number of seeds (for "random" mixtures each seed also draws a new mixture).
+
+Random mixtures keep the spread of their means fixed across d: per coordinate the means
+have standard deviation separation·√(16/d), so ‖μ_k − μ_l‖ is about the same at every d
+and the dimension axis adds only noise directions (without it PCA would find the means
+ever more easily as d grows).
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from gmmssl.train import HPARAM_RANGES, TrainConfig, check_setup, validate_hpara
 STATIC_KEYS = ("d", "num_components", "r", "batch_size", "steps", "loss", "mode", "mixture")
 MIXTURE_AXES = {"pancakes": ("thickness",), "random": ("condition_number",)}
 HPARAM_AXES = ("delta", "learning_rate", "temperature", "xi")
+REFERENCE_DIM = 16
 
 BASE = {
     "mixture": "random",
@@ -60,7 +66,8 @@ def mixture(config: dict, cell: dict):
         return parallel_pancakes(config["d"], config["num_components"], separation=config["separation"],
                                  thickness=cell.get("thickness", config["thickness"][0]))
     key = jax.random.fold_in(jax.random.PRNGKey(1234), cell["seed"])
-    return random_gmm(key, config["d"], config["num_components"], separation=config["separation"],
+    scale = (REFERENCE_DIM / config["d"]) ** 0.5  # the means' spread of d = 16 at every d
+    return random_gmm(key, config["d"], config["num_components"], separation=config["separation"] * scale,
                       condition_number=cell.get("condition_number", config["condition_number"][0]))
 
 

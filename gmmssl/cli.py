@@ -10,9 +10,12 @@ def _parser():
     p = argparse.ArgumentParser(prog="gmmssl", description="Self-supervised learning on Gaussian mixtures.")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the experiments")
+    rep = sub.add_parser("report", help="gather results/*/ into docs/RESULTS.md")
+    rep.add_argument("--results", default="results", help="folder holding one folder per experiment")
+    rep.add_argument("--docs", default="docs", help="where RESULTS.md and figures/ go")
     run = sub.add_parser("run", help="run an experiment")
-    run.add_argument("name", help="experiment name (see 'gmmssl list')")
-    run.add_argument("--out", default=None, help="output folder (default results/NAME)")
+    run.add_argument("name", help="experiment name (see 'gmmssl list'), or 'all'")
+    run.add_argument("--out", default=None, help="output folder (default results/NAME; for 'all', the parent)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value; lists are comma-separated (repeatable)")
     run.add_argument("--strict", action="store_true", help="exit with status 1 when a claim fails")
@@ -34,7 +37,16 @@ def main(argv=None) -> int:
             print(f"{name:12s} {exp.description}")
         return 0
 
+    if args.command == "report":
+        from gmmssl.report import write_report
+
+        print(f"wrote {write_report(args.results, args.docs)}")
+        return 0
+
     from gmmssl.experiment import parse_overrides, resolve_config, run_experiment
+
+    if args.name == "all":
+        return _run_all(args)
 
     try:
         exp = experiments.get(args.name)
@@ -63,6 +75,22 @@ def main(argv=None) -> int:
     if args.strict and not all(c.passed for c in run.claims):
         return 1
     return 0
+
+
+def _run_all(args) -> int:
+    """Every experiment at its default size (``--set`` applies to the experiments that know the key)."""
+    import time
+
+    import experiments
+
+    start = time.perf_counter()
+    status = 0
+    for name in experiments.REGISTRY:
+        known = [o for o in args.overrides if o.split("=", 1)[0] in experiments.REGISTRY[name].defaults]
+        sub = ["run", name, "--out", str(Path(args.out or "results") / name), *sum((["--set", o] for o in known), [])]
+        status = max(status, main(sub + (["--strict"] if args.strict else [])))
+    print(f"\nall experiments: {time.perf_counter() - start:.0f}s")
+    return status
 
 
 if __name__ == "__main__":

@@ -110,6 +110,8 @@ def make_compare_cell(mixture_fn, config: TrainConfig, num_directions: int | Non
         learned = {config.loss: trained.params["A"], "init": start}
         out = evaluate_methods(key, gmm, cell_hparams(cell), config, data["fisher"], learned, **kwargs)
         out["metrics"][config.loss]["final_loss"] = trained.history["loss"][-1]
+        capture = trained.history["fisher_capture"]
+        out["metrics"][config.loss]["capture_at_quarter"] = capture[max(capture.shape[0] // 4 - 1, 0)]
         out["history"] = dict(trained.history)
         return out
 

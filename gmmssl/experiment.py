@@ -138,9 +138,14 @@ def resolve_config(experiment: Experiment, overrides: Mapping[str, Any]) -> dict
                 f"valid keys: {', '.join(sorted(config))}")
         if not isinstance(value, str):
             config[key] = value
-        elif key in experiment.static_keys and "," in value:
+        elif key in experiment.static_keys and ("," in value or isinstance(experiment.defaults[key], tuple)):
+            default = experiment.defaults[key]
+            element = default[0] if isinstance(default, tuple) else default
             parts = [p for p in value.replace(" ", "").split(",") if p]
-            config[key] = tuple(_parse_value(key, p, experiment.defaults[key]) for p in parts)
+            if not parts:
+                raise ValueError(f"--set {key}={value!r}: expected at least one value")
+            values = tuple(_parse_value(key, p, element) for p in parts)
+            config[key] = values if len(values) > 1 else values[0]
         else:
             config[key] = _parse_value(key, value, config[key])
     return config

@@ -83,6 +83,8 @@ def read_csv(path) -> list[dict]:
     def parse(v):
         if v == "":
             return None
+        if v in ("True", "False"):
+            return v == "True"
         for t in (int, float):
             try:
                 return t(v)

@@ -1,0 +1,95 @@
+"""Every experiment at a tiny size, and its verdict logic shown able to fail."""
+import dataclasses
+import json
+
+import pytest
+
+import experiments
+from gmmssl import results
+from gmmssl.cli import main
+from gmmssl.experiment import run_experiment
+from gmmssl.report import recompute_claims, write_report
+
+COMMON = {"steps": "50", "log_every": "25", "num_baseline": "200", "num_eval": "200"}
+TINY = {
+    "pancakes": {**COMMON, "seeds": "1", "delta": "0,0.5", "d": "6"},
+    "delta": {**COMMON, "seeds": "1", "delta": "0.1,0.5", "loss": "infonce", "batch_size": "32,64", "d": "6"},
+    "dimension": {**COMMON, "seeds": "1", "d": "6,8", "delta": "1"},
+    "variance": {**COMMON, "seeds": "1", "condition_number": "1,100", "d": "6"},
+    "rank": {**COMMON, "seeds": "1", "r": "1,3", "d": "6"},
+    "simsiam_xi": {**COMMON, "seeds": "1", "xi": "0.1,1", "delta": "1", "predictor": "false", "batch_size": "64"},
+    "clip": {"steps": "50", "log_every": "25", "num_eval": "200", "seeds": "1", "private_separation": "0,2",
+             "delta": "1", "batch_size": "64"},
+}
+# the metric each experiment's claims rest on, and a value that must fail them
+BREAK = {"fisher_capture": 0.0}
+
+
+def test_every_experiment_has_a_tiny_configuration():
+    assert set(TINY) == set(experiments.REGISTRY)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    out = {}
+    for name, overrides in TINY.items():
+        out[name] = (run_experiment(experiments.get(name), root / name, overrides), root / name)
+    return root, out
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_experiment_writes_results_figures_and_a_verdict(runs, name):
+    _, out = runs
+    run, folder = out[name]
+    for f in ("results.csv", "config.json", "verdict.json", "projectors.npz"):
+        assert (folder / f).exists(), f
+    assert list(folder.glob("*.png"))
+    verdict = json.loads((folder / "verdict.json").read_text())
+    assert verdict["claims"], "an experiment must check at least one claim"
+    for c in verdict["claims"]:
+        assert set(c) == {"statement", "measured", "tolerance", "passed"}
+    # the verdict recomputed from results.csv is the stored one
+    recomputed, _ = recompute_claims(experiments.get(name), folder)
+    assert [dataclasses.asdict(c) for c in recomputed] == verdict["claims"]
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_verdict_logic_can_fail(runs, name):
+    """Rows with the learned projectors' capture (and ARI) broken must fail some claim."""
+    _, out = runs
+    run, _ = out[name]
+    learned = {r["method"] for r in run.rows} - {"pca", "lda", "oracle", "init", "lda_m1", "lda_m2"}
+    broken_rows = []
+    for r in run.rows:
+        r = dict(r)
+        if r["method"] in learned:
+            for k in ("fisher_capture", "capture_at_quarter", "private_capture"):
+                if k in r:
+                    r[k] = 0.0
+            for k in ("ari", "ari_private"):
+                if k in r:
+                    r[k] = 0.5
+            for k in [k for k in r if k.startswith("norm_")]:
+                r[k] = r[k] + 0.5
+            if "surviving" in r:
+                r["surviving"] = r["surviving"] + 1
+        broken_rows.append(r)
+    broken = dataclasses.replace(run, rows=broken_rows)
+    claims = experiments.get(name).claims(broken)
+    assert any(not c.passed for c in claims), [dataclasses.asdict(c) for c in claims]
+
+
+def test_report_is_generated_from_the_results(runs, tmp_path):
+    root, _ = runs
+    path = write_report(root, tmp_path / "docs")
+    text = path.read_text()
+    for name in TINY:
+        assert f"## {name}" in text
+    assert "| experiment | claim | measured | tolerance | verdict |" in text
+    assert list((tmp_path / "docs" / "figures").glob("*.png"))
+
+
+def test_run_all_and_report_on_the_command_line(capsys, tmp_path):
+    assert main(["run", "nonexistent-experiment"]) == 2
+    assert "known experiments" in capsys.readouterr().err
