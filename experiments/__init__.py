@@ -1,8 +1,8 @@
 """The experiment registry: ``gmmssl list`` shows these, ``gmmssl run NAME`` runs one."""
-from experiments import clip, delta, dimension, pancakes, rank, simsiam_xi, variance
+from experiments import clip, delta, dimension, pancakes, rank, real, simsiam_xi, variance
 
 REGISTRY = {e.name: e for e in (pancakes.EXPERIMENT, delta.EXPERIMENT, dimension.EXPERIMENT, variance.EXPERIMENT,
-                                 rank.EXPERIMENT, simsiam_xi.EXPERIMENT, clip.EXPERIMENT)}
+                                 rank.EXPERIMENT, simsiam_xi.EXPERIMENT, clip.EXPERIMENT, real.EXPERIMENT)}
 
 
 def get(name: str):

@@ -27,6 +27,7 @@ import optax
 from gmmssl import losses
 from gmmssl._validate import check_choice, check_int, check_range
 from gmmssl.augment import MODES, sample_pairs
+from gmmssl.data import Dataset, sample_dataset_pairs
 from gmmssl.gmm import GMM, MultiModalGMM, sample_multimodal
 from gmmssl.metrics import fisher_capture
 
@@ -126,7 +127,7 @@ class Objective(NamedTuple):
     init: Callable
     loss: Callable
     batch: Callable
-    data: type = GMM
+    data: tuple = (GMM, Dataset)
 
 
 def _projector(key, d, config):
@@ -151,7 +152,10 @@ def _init_clip(key, gmm, config):
 
 
 def _aed_pairs(key, gmm, n, hparams, config):
-    x, x_pos, _, _ = sample_pairs(key, gmm, n, hparams["delta"], config.mode)
+    if isinstance(gmm, Dataset):
+        x, x_pos, _, _ = sample_dataset_pairs(key, gmm, n, hparams["delta"])
+    else:
+        x, x_pos, _, _ = sample_pairs(key, gmm, n, hparams["delta"], config.mode)
     return x, x_pos
 
 
@@ -191,10 +195,10 @@ def _clip_loss(params, x1, x2, hparams, config, gmm):
 
 OBJECTIVES: dict[str, Objective] = {
     "infonce": Objective(_init_projector, _infonce_loss, _aed_pairs),
-    "infonce_population": Objective(_init_projector, _infonce_population_loss, _aed_pairs),
+    "infonce_population": Objective(_init_projector, _infonce_population_loss, _aed_pairs, (GMM,)),
     "simsiam": Objective(_init_simsiam, _simsiam_loss, _aed_pairs),
     "spectral": Objective(_init_projector, _spectral_loss, _aed_pairs),
-    "clip": Objective(_init_clip, _clip_loss, _modality_pairs, MultiModalGMM),
+    "clip": Objective(_init_clip, _clip_loss, _modality_pairs, (MultiModalGMM,)),
 }
 
 
@@ -203,7 +207,8 @@ def check_setup(gmm, config: TrainConfig) -> None:
     check_choice("loss", config.loss, OBJECTIVES)
     want = OBJECTIVES[config.loss].data
     if not isinstance(gmm, want):
-        raise ValueError(f"loss {config.loss!r} trains on a {want.__name__}, got {type(gmm).__name__}")
+        names = " or ".join(t.__name__ for t in want)
+        raise ValueError(f"loss {config.loss!r} trains on a {names}, got {type(gmm).__name__}")
     config.validate(gmm.dim)
     if isinstance(gmm, MultiModalGMM):
         check_int("r", config.r, low=1, high=min(gmm.dims))

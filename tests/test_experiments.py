@@ -20,6 +20,7 @@ TINY = {
     "simsiam_xi": {**COMMON, "seeds": "1", "xi": "0.1,1", "delta": "1", "predictor": "false", "batch_size": "64"},
     "clip": {"steps": "50", "log_every": "25", "num_eval": "200", "seeds": "1", "private_separation": "0,2",
              "delta": "1", "batch_size": "64"},
+    "real": {"steps": "50", "log_every": "25", "seeds": "1", "delta": "0.25,1", "batch_size": "64"},
 }
 # the metric each experiment's claims rest on, and a value that must fail them
 BREAK = {"fisher_capture": 0.0}
@@ -88,6 +89,18 @@ def test_report_is_generated_from_the_results(runs, tmp_path):
         assert f"## {name}" in text
     assert "| experiment | claim | measured | tolerance | verdict |" in text
     assert list((tmp_path / "docs" / "figures").glob("*.png"))
+
+
+def test_real_experiment_reads_user_features(tmp_path):
+    import numpy as np
+    rng = np.random.default_rng(0)
+    y = np.arange(240) % 3
+    np.savez(tmp_path / "feat.npz", X=rng.normal(size=(240, 6)) + 4.0 * np.eye(3, 6)[y], y=y)
+    run = run_experiment(experiments.get("real"), tmp_path / "out",
+                         {"features": str(tmp_path / "feat.npz"), "r": "2", "steps": "50", "log_every": "25",
+                          "seeds": "1", "delta": "1", "batch_size": "32"})
+    assert {r["method"] for r in run.rows} == {"infonce", "lda", "pca", "init"}
+    assert max(r["ari"] for r in run.rows if r["method"] == "lda") > 0.9
 
 
 def test_run_all_and_report_on_the_command_line(capsys, tmp_path):
