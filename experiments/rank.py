@@ -32,7 +32,7 @@ def claims(run):
     for r in rs:
         s = by[(loss, r)]
         if r < m:
-            out.append(results.claim(f"r={r} < m={m}: |mean capture − r/m|", abs(s["fisher_capture_mean"] - r / m),
+            out.append(results.claim(f"r={r} < m={m}: abs(mean capture − r/m)", abs(s["fisher_capture_mean"] - r / m),
                                      "<=", 0.15))
         else:
             out.append(results.claim(f"r={r} ≥ m={m}: mean capture", s["fisher_capture_mean"], ">=", 0.95))

@@ -100,7 +100,7 @@ def claims(run):
     cells = {k: v for k, v in _cells(run.rows).items() if not k[0]}
     worst = max(abs(v[f"norm_{i}"] - v[f"predicted_{i}"]) for v in cells.values() for i in range(1, r + 1))
     agree = np.mean([v["surviving"] == v["predicted_surviving"] for v in cells.values()])
-    return [results.claim("no predictor: worst |mean measured − predicted| squared norm over (ξ, δ)", worst, "<=", 0.05),
+    return [results.claim("no predictor: worst abs(mean measured − predicted) squared norm over (ξ, δ)", worst, "<=", 0.05),
             results.claim("no predictor: fraction of (ξ, δ) cells with the predicted number of surviving directions",
                           agree, ">=", 0.9)]
 

@@ -11,7 +11,10 @@ gradient along a direction scales with the data's variance there, and the Fisher
 directions of an ill-conditioned Σ live where the variance is small, so plain training
 converges slowly: mean capture at condition number 10⁴ was 0.37 after 600 steps and
 0.53 after 3,000 (rising through training, then frozen by the decaying learning rate),
-against 0.99 at condition numbers ≤ 100. InfoNCE still beats PCA at every condition number.
+against 0.99 at condition numbers ≤ 100. The third prediction fails too, narrowly and at
+condition number 1 only: there Σ ∝ I makes PCA's top directions the means' span, so PCA is
+itself optimal (0.998) and edges InfoNCE (0.993); at every larger condition number
+InfoNCE is ahead.
 """
 from __future__ import annotations
 

@@ -10,6 +10,8 @@ def _parser():
     p = argparse.ArgumentParser(prog="gmmssl", description="Self-supervised learning on Gaussian mixtures.")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the experiments")
+    bench = sub.add_parser("bench", help="run the benchmarks (python -m benchmarks)")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="kernels|sweep|all [--quick] [--out DIR]")
     rep = sub.add_parser("report", help="gather results/*/ into docs/RESULTS.md")
     rep.add_argument("--results", default="results", help="folder holding one folder per experiment")
     rep.add_argument("--docs", default="docs", help="where RESULTS.md and figures/ go")
@@ -36,6 +38,11 @@ def main(argv=None) -> int:
         for name, exp in experiments.REGISTRY.items():
             print(f"{name:12s} {exp.description}")
         return 0
+
+    if args.command == "bench":
+        from benchmarks.__main__ import main as bench_main
+
+        return bench_main(args.args)
 
     if args.command == "report":
         from gmmssl.report import write_report

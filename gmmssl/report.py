@@ -51,7 +51,8 @@ def write_report(results_root="results", docs="docs", names=None) -> Path:
         claims, meta = recompute_claims(exp, out)
         stored = json.loads((out / "verdict.json").read_text()) if (out / "verdict.json").exists() else None
         for c in claims:
-            lines.append(f"| {name} | {c.statement} | {c.measured:.4g} | {c.tolerance} | "
+            statement = c.statement.replace("|", "\\|")
+            lines.append(f"| {name} | {statement} | {c.measured:.4g} | {c.tolerance} | "
                          f"{'PASS' if c.passed else '**FAIL**'} |")
         overrides = " ".join(f"--set {k}={','.join(map(str, v)) if isinstance(v, list) else v}"
                              for k, v in meta["config"].items() if exp.defaults.get(k) != (tuple(v) if isinstance(v, list) else v))

@@ -1,0 +1,98 @@
+"""Sweeps: trained models × steps per second against the grid size G, for the pancakes and
+delta training configurations, beside the loops users would otherwise write:
+
+* ``grid``: gmmssl's one vmapped, jitted call over the G models (train phase only);
+* ``loop_models``: a Python loop over G single-model jitted runs (each a whole scan);
+* ``loop_steps``: a Python loop dispatching one jitted optimizer step at a time.
+
+Compile time is reported apart from steady state; each figure is a median over repeats.
+"""
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks.common import peak_rss_mb, timed
+from gmmssl import losses
+from gmmssl.augment import sample_pairs
+from gmmssl.gmm import parallel_pancakes, random_gmm
+from gmmssl.train import TrainConfig, make_hparams, train
+
+CONFIGS = {
+    "pancakes": dict(gmm=lambda: parallel_pancakes(20, 2), cfg=TrainConfig(r=2, batch_size=512, steps=100, log_every=100)),
+    "delta": dict(gmm=lambda: random_gmm(jax.random.PRNGKey(0), 16, 3), cfg=TrainConfig(r=2, batch_size=256, steps=100,
+                                                                                       log_every=100)),
+}
+
+
+def _grid_fn(gmm, cfg):
+    def one(key, delta):
+        return train(key, gmm, {"delta": delta}, cfg).params["A"]
+    return jax.vmap(one)
+
+
+def run(configs=("pancakes", "delta"), sizes=(1, 16, 256, 4096), loop_sizes=(1, 16), repeats: int = 3):
+    rows = []
+    for name in configs:
+        gmm, cfg = CONFIGS[name]["gmm"](), CONFIGS[name]["cfg"]
+        for g in sizes:
+            keys = jax.random.split(jax.random.PRNGKey(0), g)
+            deltas = jnp.linspace(0.1, 1.0, g)
+            t = timed(_grid_fn(gmm, cfg), keys, deltas, repeats=repeats)
+            rows.append({"config": name, "method": "grid", "G": g, **t,
+                         "model_steps_per_s": g * cfg.steps / t["median_s"], "peak_rss_mb": peak_rss_mb()})
+        single = jax.jit(lambda k, d: train(k, gmm, {"delta": d}, cfg).params["A"])
+        step = _one_step(gmm, cfg)
+        for g in loop_sizes:
+            keys = jax.random.split(jax.random.PRNGKey(0), g)
+            jax.block_until_ready(single(keys[0], 0.5))  # compile
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                jax.block_until_ready([single(keys[i], 0.5) for i in range(g)])
+                times.append(time.perf_counter() - t0)
+            med = float(np.median(times))
+            rows.append({"config": name, "method": "loop_models", "G": g, "median_s": med,
+                         "model_steps_per_s": g * cfg.steps / med})
+            state = step.init(keys[0])
+            jax.block_until_ready(step.update(state, 0))
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for i in range(g):
+                    s = step.init(keys[i])
+                    for t_ in range(cfg.steps):
+                        s = step.update(s, t_)
+                    jax.block_until_ready(s)
+                times.append(time.perf_counter() - t0)
+            med = float(np.median(times))
+            rows.append({"config": name, "method": "loop_steps", "G": g, "median_s": med,
+                         "model_steps_per_s": g * cfg.steps / med})
+    return {"rows": rows}
+
+
+class _Step:
+    def __init__(self, init, update):
+        self.init, self.update = init, update
+
+
+def _one_step(gmm, cfg):
+    tx = optax.adam(0.05)
+
+    def init(key):
+        a = jax.random.normal(key, (gmm.dim, cfg.r)) / jnp.sqrt(gmm.dim)
+        return (a, tx.init(a), key)
+
+    @jax.jit
+    def update(state, t):
+        a, opt, key = state
+        x, xp, _, _ = sample_pairs(jax.random.fold_in(key, t), gmm, cfg.batch_size, 0.5)
+        grad = jax.grad(lambda a: losses.infonce(x @ a, xp @ a))(a)
+        upd, opt = tx.update(grad, opt, a)
+        return (optax.apply_updates(a, upd), opt, key)
+
+    return _Step(init, update)
