@@ -20,7 +20,7 @@ from benchmarks.common import peak_rss_mb, timed
 from gmmssl import losses
 from gmmssl.augment import sample_pairs
 from gmmssl.gmm import parallel_pancakes, random_gmm
-from gmmssl.train import TrainConfig, make_hparams, train
+from gmmssl.train import TrainConfig, train
 
 CONFIGS = {
     "pancakes": dict(gmm=lambda: parallel_pancakes(20, 2), cfg=TrainConfig(r=2, batch_size=512, steps=100, log_every=100)),

@@ -20,7 +20,6 @@ convergence on some mixtures, not a different optimum. The ARI and filtering cla
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from gmmssl import fisher, plots, results

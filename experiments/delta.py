@@ -15,7 +15,6 @@ import numpy as np
 
 from experiments._compare import by_method_x, comparison, groups
 from gmmssl import plots, results
-from gmmssl.experiment import part_rows
 
 DEFAULTS = {
     "mixture": "random",

@@ -16,7 +16,6 @@ and above PCA's; its mean ARI increases from δ = 0.25 to δ = 1.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from gmmssl import plots, results

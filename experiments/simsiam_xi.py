@@ -24,13 +24,12 @@ at every ξ and δ, noise direction included; the prediction does not describe i
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from experiments._compare import BASE, STATIC_KEYS, build as compare_build, mixture
 from gmmssl import plots, results
-from gmmssl.experiment import Experiment, part_rows
+from gmmssl.experiment import Experiment
 from gmmssl.fisher import canonical_correlations
 from gmmssl.sweep import Sweep
 

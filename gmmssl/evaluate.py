@@ -1,15 +1,17 @@
 """One grid cell of a method comparison: train the SSL projector, fit the baselines, score all.
 
-A cell is split in two pure, traceable phases that the sweep engine runs differently:
+A cell is split in three pure, traceable phases that the sweep engine runs differently:
 
-* ``train`` (the hot path) is vmapped over the whole chunk of cells;
-* ``evaluate`` (baselines and metrics: eigendecompositions, SVDs, k-means) is mapped
-  cell by cell with ``lax.map``. Batched LAPACK calls on the CPU in jaxlib 0.10 can
-  deadlock XLA's intra-op thread pool when several run concurrently (each blocks a pool
-  thread waiting for batch sub-tasks); unbatched calls cannot. The evaluation is cheap,
-  so nothing is lost.
+* ``prepare`` (the cell's mixture and its Fisher basis) and ``evaluate`` (baselines and
+  metrics: eigendecompositions, SVDs, k-means) are mapped cell by cell with ``lax.map``;
+* ``train`` (the hot path) is vmapped over the whole chunk of cells.
 
-Both phases split the cell key the same way, (train, baseline sample, evaluation
+Why: batched LAPACK calls on the CPU in jaxlib 0.10 can deadlock XLA's intra-op thread
+pool when several run concurrently (each blocks a pool thread waiting for batch
+sub-tasks); unbatched calls cannot. Preparation and evaluation are cheap, so nothing is
+lost.
+
+The phases split the cell key the same way, (train, baseline sample, evaluation
 sample, k-means), none depending on the hyper-parameters: cells sharing a seed share
 their data (common random numbers).
 """

@@ -41,7 +41,6 @@ import dataclasses
 import itertools
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable

@@ -5,7 +5,6 @@ import json
 import pytest
 
 import experiments
-from gmmssl import results
 from gmmssl.cli import main
 from gmmssl.experiment import run_experiment
 from gmmssl.report import recompute_claims, write_report

@@ -8,7 +8,7 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from conftest import subspace_distance
 from gmmssl import fisher
 from gmmssl.augment import sample_pairs
-from gmmssl.gmm import GMM, parallel_pancakes, random_gmm, sample
+from gmmssl.gmm import GMM, parallel_pancakes, sample
 
 
 def test_fisher_subspace_by_hand():

@@ -1,7 +1,6 @@
 """Training with every loss through the one scan-based trainer (issue 3)."""
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
