@@ -9,7 +9,8 @@ configuration. Keys:
   d, num_components, r, batch_size, steps, loss, mode, mixture;
 * dynamic (grid axes, traced; always lists): delta, learning_rate, temperature, xi, and,
   for the mixture family, condition_number (random) or thickness (pancakes);
-* seeds: the number of seeds (for "random" mixtures each seed also draws a new mixture).
+* seeds: the number of seeds (for "random" mixtures each seed also draws a new mixture);
+* r = 0 means r = K − 1 (so ``--set num_components=2,3,4 --set r=0`` fits each K).
 
 Random mixtures keep the spread of their means fixed across d: per coordinate the means
 have standard deviation separation·√(16/d), so ‖μ_k − μ_l‖ is about the same at every d
@@ -80,6 +81,8 @@ def axes_of(config: dict) -> dict:
 
 def build(config: dict) -> Sweep:
     check_choice("mixture", config["mixture"], MIXTURE_AXES)
+    if config["r"] == 0:  # r = 0 means K − 1, the Fisher subspace's dimension
+        config = {**config, "r": config["num_components"] - 1}
     train_config = TrainConfig(r=config["r"], batch_size=config["batch_size"], steps=config["steps"],
                                loss=config["loss"], mode=config["mode"], log_every=config["log_every"])
     axes = axes_of(config)

@@ -41,23 +41,28 @@ def write_report(results_root="results", docs="docs", names=None) -> Path:
              "Do not edit by hand: rerun the experiments and `gmmssl report`.", "",
              "| experiment | claim | measured | tolerance | verdict |", "|---|---|---|---|---|"]
     sections = []
+    folders = []
     for name, exp in experiments.REGISTRY.items():
         if names and name not in names:
             continue
-        out = root / name
+        extra = [p for p in sorted(root.glob(f"{name}_*")) if (p / "config.json").exists()
+                 and json.loads((p / "config.json").read_text()).get("experiment") == name]
+        folders += [(name, exp, root / name, name)] + [(name, exp, p, p.name) for p in extra]
+    for name, exp, out, title in folders:
         if not (out / "results.csv").exists():
-            sections += [f"## {name}", "", f"Not run yet: `gmmssl run {name}`.", ""]
+            sections += [f"## {title}", "", f"Not run yet: `gmmssl run {name}`.", ""]
             continue
         claims, meta = recompute_claims(exp, out)
         stored = json.loads((out / "verdict.json").read_text()) if (out / "verdict.json").exists() else None
         for c in claims:
             statement = c.statement.replace("|", "\\|")
-            lines.append(f"| {name} | {statement} | {c.measured:.4g} | {c.tolerance} | "
+            lines.append(f"| {title} | {statement} | {c.measured:.4g} | {c.tolerance} | "
                          f"{'PASS' if c.passed else '**FAIL**'} |")
         overrides = " ".join(f"--set {k}={','.join(map(str, v)) if isinstance(v, list) else v}"
                              for k, v in meta["config"].items() if exp.defaults.get(k) != (tuple(v) if isinstance(v, list) else v))
-        sections += [f"## {name}", "", exp.description, "",
-                     f"Command: `gmmssl run {name}{' ' + overrides if overrides else ''}` "
+        sections += [f"## {title}", "", exp.description, "",
+                     f"Command: `gmmssl run {name}{' --out results/' + title if title != name else ''}"
+                     f"{' ' + overrides if overrides else ''}` "
                      f"({meta.get('num_cells', '?')} cells, {meta.get('seconds', '?')} s on "
                      f"{meta['environment']['backend']}, jax {meta['environment']['jax']}).", ""]
         if stored is not None and [c["passed"] for c in stored["claims"]] != [c.passed for c in claims]:
@@ -65,9 +70,9 @@ def write_report(results_root="results", docs="docs", names=None) -> Path:
         passed = sum(c.passed for c in claims)
         sections += [f"Verdict: {passed} of {len(claims)} claims pass.", ""]
         for fig in sorted(out.glob("*.png")):
-            target = docs / "figures" / f"{name}-{fig.name}"
+            target = docs / "figures" / f"{title}-{fig.name}"
             shutil.copyfile(fig, target)
-            sections += [f"![{name}: {fig.stem}](figures/{target.name})", ""]
+            sections += [f"![{title}: {fig.stem}](figures/{target.name})", ""]
     path = docs / "RESULTS.md"
     results.atomic_write(path, "\n".join(lines + [""] + sections) + "\n")
     return path
