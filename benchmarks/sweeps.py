@@ -3,7 +3,8 @@ delta training configurations, beside the loops users would otherwise write:
 
 * ``grid``: gmmssl's one vmapped, jitted call over the G models (train phase only);
 * ``loop_models``: a Python loop over G single-model jitted runs (each a whole scan);
-* ``loop_steps``: a Python loop dispatching one jitted optimizer step at a time.
+* ``loop_steps``: a Python loop dispatching one jitted optimizer step at a time;
+* ``torch_loop``: the pancakes training as a plain PyTorch loop (when torch is installed).
 
 Compile time is reported apart from steady state; each figure is a median over repeats.
 """
@@ -72,6 +73,12 @@ def run(configs=("pancakes", "delta"), sizes=(1, 16, 256, 4096), loop_sizes=(1, 
             med = float(np.median(times))
             rows.append({"config": name, "method": "loop_steps", "G": g, "median_s": med,
                          "model_steps_per_s": g * cfg.steps / med})
+    if "pancakes" in configs:
+        from benchmarks import torch_loop
+
+        if torch_loop.available():
+            rows.append(torch_loop.run(models=max(loop_sizes), steps=CONFIGS["pancakes"]["cfg"].steps,
+                                       repeats=repeats))
     return {"rows": rows}
 
 
