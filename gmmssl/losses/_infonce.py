@@ -2,11 +2,41 @@ r"""InfoNCE with in-batch negatives, CLIP, and InfoNCE with analytic (population
 from __future__ import annotations
 
 import chex
+import jax
 import jax.numpy as jnp
 from jax.nn import logsumexp
 
 from gmmssl._validate import check_range
 from gmmssl.losses._common import check_pair, similarity_logits
+
+
+@jax.custom_vjp
+def diagonal_cross_entropy(logits):
+    r"""mean_i [logsumexp_j ℓ_ij − ℓ_ii] for square (B, B) logits: softmax cross-entropy
+    with labels arange(B).
+
+    A custom VJP keeps the softmax from the forward pass, so the backward pass is
+    (softmax − I)/B with no second pass of exponentials over the B×B logits (measured:
+    InfoNCE forward+backward at B = 4096, r = 128, d = 512 went from 0.144 s to 0.120 s on
+    2 CPU cores; see benchmarks/README.md). Reverse mode only (no ``jax.jvp``).
+    """
+    return jnp.mean(logsumexp(logits, axis=1) - jnp.diagonal(logits))
+
+
+def _xent_fwd(logits):
+    m = jax.lax.stop_gradient(jnp.max(logits, axis=1, keepdims=True))
+    e = jnp.exp(logits - m)
+    s = jnp.sum(e, axis=1, keepdims=True)
+    loss = jnp.mean(m[:, 0] + jnp.log(s[:, 0]) - jnp.diagonal(logits))
+    return loss, e / s
+
+
+def _xent_bwd(probs, g):
+    b = probs.shape[0]
+    return ((probs - jnp.eye(b, dtype=probs.dtype)) * (g / b),)
+
+
+diagonal_cross_entropy.defvjp(_xent_fwd, _xent_bwd)
 
 
 def infonce(z, z_pos, *, temperature=1.0, similarity: str = "dot", symmetric: bool = False):
@@ -47,10 +77,9 @@ def infonce(z, z_pos, *, temperature=1.0, similarity: str = "dot", symmetric: bo
     """
     check_pair(z, z_pos)
     logits = similarity_logits(z, z_pos, temperature, similarity)
-    positives = jnp.diagonal(logits)
-    loss = jnp.mean(logsumexp(logits, axis=1) - positives)
+    loss = diagonal_cross_entropy(logits)
     if symmetric:
-        loss = 0.5 * (loss + jnp.mean(logsumexp(logits, axis=0) - positives))
+        loss = 0.5 * (loss + diagonal_cross_entropy(logits.T))
     return loss
 
 
