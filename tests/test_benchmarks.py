@@ -13,5 +13,5 @@ def test_bench_quick_writes_json_and_markdown(tmp_path):
         assert row["median_s"] > 0 and row["compile_s"] > 0 and 0 < row["fraction_of_peak"]
     assert {r["loss"] for r in report["kernels"]["rows"]} >= {"infonce", "simsiam", "infonce_population"}
     methods = {r["method"] for r in report["sweep"]["rows"]}
-    assert methods == {"grid", "loop_models", "loop_steps"}
+    assert methods - {"torch_loop"} == {"grid", "loop_models", "loop_steps"}  # torch only when installed
     assert "## Kernels" in (tmp_path / "bench.md").read_text()
