@@ -10,7 +10,8 @@ configuration. Keys:
 * dynamic (grid axes, traced; always lists): delta, learning_rate, temperature, xi, and,
   for the mixture family, condition_number (random) or thickness (pancakes);
 * seeds: the number of seeds (for "random" mixtures each seed also draws a new mixture);
-* r = 0 means r = K − 1 (so ``--set num_components=2,3,4 --set r=0`` fits each K).
+* r_from_k=true sets r = K − 1 for each K (so ``--set num_components=2,3,4 --set
+  r_from_k=true`` fits each K).
 
 Random mixtures keep the spread of their means fixed across d: per coordinate the means
 have standard deviation separation·√(16/d), so ‖μ_k − μ_l‖ is about the same at every d
@@ -43,6 +44,7 @@ BASE = {
     "d": 16,
     "num_components": 3,
     "r": 2,
+    "r_from_k": False,
     "separation": 1.0,
     "thickness": (0.1,),
     "condition_number": (10.0,),
@@ -81,7 +83,7 @@ def axes_of(config: dict) -> dict:
 
 def build(config: dict) -> Sweep:
     check_choice("mixture", config["mixture"], MIXTURE_AXES)
-    if config["r"] == 0:  # r = 0 means K − 1, the Fisher subspace's dimension
+    if config["r_from_k"]:  # r = K − 1, the Fisher subspace's dimension, for each K
         config = {**config, "r": config["num_components"] - 1}
     train_config = TrainConfig(r=config["r"], batch_size=config["batch_size"], steps=config["steps"],
                                loss=config["loss"], mode=config["mode"], log_every=config["log_every"])
