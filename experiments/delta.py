@@ -11,6 +11,8 @@ way through (training still shrinks it) and smaller with the larger batch.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from experiments._compare import by_method_x, comparison, groups
@@ -88,5 +90,4 @@ def _deficit_figure(run, out_dir):
 
 _BASE = comparison("delta", "Capture, efficiency and ARI against δ on random mixtures; the noisy-augmentation "
                    "conjecture at many δ.", DEFAULTS, claims, x="delta")
-EXPERIMENT = _BASE.__class__(**{**_BASE.__dict__,
-                                "figures": lambda run, out: _BASE.figures(run, out) + _deficit_figure(run, out)})
+EXPERIMENT = dataclasses.replace(_BASE, figures=lambda run, out: _BASE.figures(run, out) + _deficit_figure(run, out))

@@ -108,7 +108,9 @@ def load_features(path) -> Dataset:
         if missing:
             raise ValueError(f"feature folder {path} must hold X.npy and y.npy; missing {missing}")
         x, y = np.load(files["X"]), np.load(files["y"])
-    elif path.suffix == ".npz" and path.exists():
+    elif path.suffix == ".npz" and not path.exists():
+        raise ValueError(f"features file {str(path)!r} does not exist")
+    elif path.suffix == ".npz":
         with np.load(path) as f:
             if "X" not in f.files or "y" not in f.files:
                 raise ValueError(f"{path} must hold arrays 'X' and 'y', found {f.files}")

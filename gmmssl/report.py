@@ -21,11 +21,8 @@ def recompute_claims(experiment, out_dir: Path):
 
     meta = json.loads((out_dir / "config.json").read_text())
     rows = results.read_csv(out_dir / "results.csv")
-    static = meta.get("static") or [{}]
-    parts = []
-    for s in static:
-        grid = {}
-        parts.append(Part(s, {**meta["config"], **s}, grid, {}))
+    # claims read rows only; parts carry each static configuration's values and config
+    parts = [Part(s, {**meta["config"], **s}, {}, {}) for s in meta.get("static") or [{}]]
     run = Run(meta["config"], parts, rows)
     return experiment.claims(run), meta
 

@@ -38,6 +38,7 @@ recomputed; a fingerprint that differs is refused, naming the keys that differ.
 from __future__ import annotations
 
 import dataclasses
+import io
 import itertools
 import json
 import math
@@ -270,7 +271,6 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, fingerprint: di
                 result = multihost_utils.process_allgather(result, tiled=True)
             flat = {k: v[: hi - lo] for k, v in _flatten(result).items()}
             if chunk_file is not None and jax.process_index() == 0:
-                import io
                 buf = io.BytesIO()
                 np.savez(buf, **flat)
                 atomic_write(chunk_file, buf.getvalue())

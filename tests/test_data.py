@@ -50,6 +50,8 @@ def test_missing_arrays_or_files(tmp_path):
         load_features(tmp_path / "empty")
     with pytest.raises(ValueError, match="must be a .npz file or a folder"):
         load_features(tmp_path / "nothing.csv")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_features(tmp_path / "missing.npz")
 
 
 @pytest.mark.parametrize("delta", [0.0, 0.4, 1.0])
