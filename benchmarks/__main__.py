@@ -1,4 +1,4 @@
-"""``python -m benchmarks [kernels|sweep|all] [--quick] [--out DIR]``: writes bench.json
+"""``python -m benchmarks [kernels|sweep|answer|all] [--quick] [--out DIR]``: writes bench.json
 (every figure with its configuration and the environment) and bench.md (tables)."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks import common, kernels, sweeps
+from benchmarks import common, kernels, sweeps, time_to_answer
 
 
 def _table(rows, cols):
@@ -20,7 +20,7 @@ def _table(rows, cols):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks")
-    p.add_argument("what", nargs="?", default="all", choices=["kernels", "sweep", "all"])
+    p.add_argument("what", nargs="?", default="all", choices=["kernels", "sweep", "answer", "all"])
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, not a measurement)")
     p.add_argument("--out", default="results/bench", help="folder for bench.json and bench.md")
     a = p.parse_args(argv)
@@ -39,6 +39,15 @@ def main(argv=None) -> int:
         report["sweep"] = sweeps.run(**kw)
         md += ["## Sweeps", _table(report["sweep"]["rows"], ["config", "method", "G", "compile_s", "median_s",
                                                              "model_steps_per_s", "peak_rss_mb"])]
+    if a.what in ("answer", "all"):
+        kw = dict(batch_size=64, overrides={"steps": 100, "seeds": 1, "delta": "0.1,0.5"}) if a.quick else {}
+        tta = report["time_to_answer"] = time_to_answer.run(out / "time_to_answer", **kw)
+        md += ["## Time to answer (delta experiment's default grid)",
+               f"speed-up of infonce_population: {tta['speedup_wall']:.1f}x in wall time, "
+               f"{tta['speedup_to_target']:.1f}x to equal capture",
+               _table(tta["rows"], ["loss", "batch_size", "num_cells", "wall_s", "grid_s", "claims_passed",
+                                    "num_claims", "final_capture", "target_capture", "steps_to_target",
+                                    "time_to_target_s"])]
     (out / "bench.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     (out / "bench.md").write_text("\n\n".join(md) + "\n")
     print("\n\n".join(md))

@@ -6,9 +6,10 @@ runner with its own defaults, its own x axis and its own claims; they differ onl
 configuration. Keys:
 
 * static (one compilation each; a comma-separated list makes a static axis):
-  d, num_components, r, batch_size, steps, loss, mode, mixture;
+  d, num_components, r, batch_size, steps, loss, mode, mixture, separation;
 * dynamic (grid axes, traced; always lists): delta, learning_rate, temperature, xi, and,
-  for the mixture family, condition_number (random) or thickness (pancakes);
+  for the mixture family, condition_number (random), thickness (pancakes) or heterogeneity
+  (hetero: random mixtures with one covariance per component, at condition_number[0]);
 * seeds: the number of seeds (for "random" mixtures each seed also draws a new mixture);
 * r_from_k=true sets r = K − 1 for each K (so ``--set num_components=2,3,4 --set
   r_from_k=true`` fits each K).
@@ -30,12 +31,12 @@ from gmmssl import plots, results
 from gmmssl._validate import check_choice, check_int
 from gmmssl.evaluate import METRICS, make_compare_cell
 from gmmssl.experiment import Experiment, Run, part_rows
-from gmmssl.gmm import parallel_pancakes, random_gmm, sample
+from gmmssl.gmm import hetero_gmm, parallel_pancakes, random_gmm, sample
 from gmmssl.sweep import Sweep, estimate_cell_bytes
 from gmmssl.train import HPARAM_RANGES, TrainConfig, check_setup, validate_hparams
 
-STATIC_KEYS = ("d", "num_components", "r", "batch_size", "steps", "loss", "mode", "mixture")
-MIXTURE_AXES = {"pancakes": ("thickness",), "random": ("condition_number",)}
+STATIC_KEYS = ("d", "num_components", "r", "batch_size", "steps", "loss", "mode", "mixture", "separation")
+MIXTURE_AXES = {"pancakes": ("thickness",), "random": ("condition_number",), "hetero": ("heterogeneity",)}
 HPARAM_AXES = ("delta", "learning_rate", "temperature", "xi")
 REFERENCE_DIM = 16
 
@@ -48,6 +49,7 @@ BASE = {
     "separation": 1.0,
     "thickness": (0.1,),
     "condition_number": (10.0,),
+    "heterogeneity": (0.0,),
     "delta": (0.0, 0.25, 0.5, 1.0),
     "seeds": 4,
     "learning_rate": (0.05,),
@@ -70,6 +72,10 @@ def mixture(config: dict, cell: dict):
                                  thickness=cell.get("thickness", config["thickness"][0]))
     key = jax.random.fold_in(jax.random.PRNGKey(1234), cell["seed"])
     scale = (REFERENCE_DIM / config["d"]) ** 0.5  # the means' spread of d = 16 at every d
+    if config["mixture"] == "hetero":
+        return hetero_gmm(key, config["d"], config["num_components"], separation=config["separation"] * scale,
+                          condition_number=config["condition_number"][0],
+                          heterogeneity=cell.get("heterogeneity", config["heterogeneity"][0]))
     return random_gmm(key, config["d"], config["num_components"], separation=config["separation"] * scale,
                       condition_number=cell.get("condition_number", config["condition_number"][0]))
 
@@ -93,7 +99,7 @@ def build(config: dict) -> Sweep:
             raise ValueError(f"{name} needs at least one value")
         if name in HPARAM_RANGES:
             validate_hparams({name: np.asarray(values)})
-    if config["mixture"] == "random":
+    if config["mixture"] in ("random", "hetero"):
         for c in config["condition_number"]:
             if not np.isfinite(c) or c < 1:
                 raise ValueError(f"condition_number must be in [1, inf), got {c!r}")
@@ -113,8 +119,9 @@ def build(config: dict) -> Sweep:
     return Sweep(train_fn, evaluate_fn, axes, cell_bytes, prepare_fn)
 
 
-def summary(rows, x: str):
-    return results.summarize(rows, ("method", x), METRICS + ("final_loss",))
+def summary(rows, x: str, extra: tuple = ()):
+    present = tuple(m for m in extra if any(m in r for r in rows))
+    return results.summarize(rows, ("method", x), METRICS + ("bayes_retained", "final_loss") + present)
 
 
 def groups(run: Run, x: str) -> list[tuple[str, list, list]]:
@@ -128,29 +135,34 @@ def groups(run: Run, x: str) -> list[tuple[str, list, list]]:
     return [(" ".join(f"{k}={v}" for k, v in zip(keys, key)), rows, parts) for key, (rows, parts) in out.items()]
 
 
-def report(run: Run, x: str) -> str:
+def report(run: Run, x: str, metrics: tuple = ()) -> str:
     out = []
     for title, rows, _ in groups(run, x):
         tag = f"[{title}] " if title else ""
-        out += [results.format_table(summary(rows, x), "method", x, m, title=f"{tag}{m} (mean±std over seeds)")
-                for m in ("fisher_capture", "fisher_efficiency", "ari")]
+        out += [results.format_table(summary(rows, x, metrics), "method", x, m, title=f"{tag}{m} (mean±std over seeds)")
+                for m in ("fisher_capture", "fisher_efficiency", "ari", *metrics)]
     return "\n\n".join(out)
 
 
 XLABELS = {"delta": "δ (probability x⁺ shares x's component)", "d": "dimension d",
+           "heterogeneity": "heterogeneity h (0 = shared covariance)",
            "condition_number": "condition number of Σ", "r": "embedding dimension r",
            "thickness": "pancake thickness σ"}
 
 
-def figure(run: Run, out_dir, x: str, name: str, scatter: bool = False):
+LABELS = {"bayes_retained": "Bayes accuracy kept (0–1)", "sufficient_capture": "capture of the central subspace",
+          "oracle_capture": "capture of the oracle's subspace"}
+
+
+def figure(run: Run, out_dir, x: str, name: str, scatter: bool = False, metrics: tuple = ()):
     panels = [("fisher_capture", "Fisher capture (0–1)"), ("fisher_efficiency", "Fisher efficiency (0–1)"),
-              ("ari", "k-means ARI (0 = chance)")]
+              ("ari", "k-means ARI (0 = chance)")] + [(m, LABELS.get(m, m)) for m in metrics]
     rows_of = groups(run, x)
     ncols = len(panels) + (2 if scatter else 0)
     fig, axes = plots.plt.subplots(len(rows_of), ncols, figsize=(4.3 * ncols, 3.8 * len(rows_of)), squeeze=False)
     for ax_row, (title, rows, parts) in zip(axes, rows_of):
         methods = ["pca", "lda", "oracle", "init"] + sorted({r["method"] for r in rows} - {"pca", "lda", "oracle", "init"})
-        s = summary(rows, x)
+        s = summary(rows, x, metrics)
         col = 0
         if scatter:
             _scatter(ax_row[0], ax_row[1], parts[0], parts[0].config["loss"])
@@ -179,14 +191,17 @@ def _scatter(ax_pca, ax_ssl, part, loss):
     plots.scatter_embedding(ax_ssl, x @ proj[loss][cell], c, f"{loss} projection (δ={show:g})")
 
 
-def by_method_x(rows, x):
-    return {(s["method"], s[x]): s for s in summary(rows, x)}
+def by_method_x(rows, x, extra: tuple = ()):
+    return {(s["method"], s[x]): s for s in summary(rows, x, extra)}
 
 
 def comparison(name: str, description: str, defaults: dict, claims: Callable[[Run], list], *, x: str = "delta",
-               scatter: bool = False) -> Experiment:
-    """A comparison experiment: BASE updated by ``defaults``, plotted and tabulated against x."""
+               scatter: bool = False, presets: dict | None = None, metrics: tuple = (),
+               findings: Callable[[Run], str] | None = None) -> Experiment:
+    """A comparison experiment: BASE updated by ``defaults``, plotted and tabulated against x
+    (``metrics``: more panels and tables beside capture, efficiency and ARI)."""
     return Experiment(
         name=name, description=description, defaults={**BASE, **defaults}, build=build, claims=claims,
-        figures=lambda run, out: figure(run, out, x, name, scatter),
-        report=lambda run: report(run, x), static_keys=STATIC_KEYS)
+        figures=lambda run, out: figure(run, out, x, name, scatter, metrics),
+        report=lambda run: report(run, x, metrics), static_keys=STATIC_KEYS, presets=presets or {},
+        findings=findings)

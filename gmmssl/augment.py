@@ -66,6 +66,6 @@ def sample_pairs(key, gmm: GMM, n: int, delta, mode: str = "prior"):
     c_pos = jnp.where(u < delta, c, other)
     eps = jax.random.normal(k_eps, (n, gmm.dim), dtype=gmm.means.dtype)
     eps_pos = jax.random.normal(k_eps_pos, (n, gmm.dim), dtype=gmm.means.dtype)
-    x = gmm.means[c] + eps @ gmm.chol.T
-    x_pos = gmm.means[c_pos] + eps_pos @ gmm.chol.T
+    x = gmm.means[c] + gmm.noise(c, eps)
+    x_pos = gmm.means[c_pos] + gmm.noise(c_pos, eps_pos)
     return x, x_pos, c.astype(jnp.int32), c_pos.astype(jnp.int32)

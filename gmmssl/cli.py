@@ -12,7 +12,7 @@ def _parser():
     sub.add_parser("list", help="list the experiments")
     bench = sub.add_parser("bench", help="run the benchmarks (python -m benchmarks)")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="kernels|sweep|all [--quick] [--out DIR]")
-    rep = sub.add_parser("report", help="gather results/*/ into docs/RESULTS.md")
+    rep = sub.add_parser("report", help="gather results/*/ into docs/RESULTS.md and docs/open-questions.md")
     rep.add_argument("--results", default="results", help="folder holding one folder per experiment")
     rep.add_argument("--docs", default="docs", help="where RESULTS.md and figures/ go")
     run = sub.add_parser("run", help="run an experiment")
@@ -45,9 +45,10 @@ def main(argv=None) -> int:
         return bench_main(args.args)
 
     if args.command == "report":
-        from gmmssl.report import write_report
+        from gmmssl.report import write_open_questions, write_report
 
         print(f"wrote {write_report(args.results, args.docs)}")
+        print(f"wrote {write_open_questions(args.results, args.docs)}")
         return 0
 
     from gmmssl.experiment import parse_overrides, resolve_config, run_experiment

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from gmmssl import fisher, metrics
 from gmmssl.augment import sample_pairs
-from gmmssl.gmm import GMM, sample
+from gmmssl.gmm import GMM, HeteroGMM, sample
 from gmmssl.train import HPARAM_RANGES, TrainConfig, init_params, train
 
 __all__ = ["METRICS", "cell_hparams", "evaluate_methods", "make_compare_cell", "score_projector"]
@@ -31,7 +31,11 @@ METRICS = ("fisher_capture", "fisher_efficiency", "ari", "effective_rank", "max_
 
 
 def score_projector(key, a, gmm: GMM, fisher_basis, x_eval, c_eval, *, kmeans_restarts: int = 4) -> dict:
-    """Every metric of one projector A (d, r) on held-out labelled points (x_eval, c_eval)."""
+    """Every metric of one projector A (d, r) on held-out labelled points (x_eval, c_eval).
+
+    "bayes_accuracy" is the accuracy of the Bayes-optimal classifier given xA, with the
+    mixture's true parameters (:func:`gmmssl.metrics.bayes_accuracy`).
+    """
     angles = metrics.principal_angles(a, fisher_basis)
     return {
         "fisher_capture": metrics.fisher_capture(a, fisher_basis),
@@ -39,6 +43,7 @@ def score_projector(key, a, gmm: GMM, fisher_basis, x_eval, c_eval, *, kmeans_re
         "ari": metrics.kmeans_ari(key, x_eval @ a, c_eval, gmm.num_components, restarts=kmeans_restarts),
         "effective_rank": metrics.effective_rank(a),
         "max_angle_deg": jnp.degrees(angles[-1]),
+        "bayes_accuracy": metrics.bayes_accuracy(x_eval, c_eval, gmm, a),
     }
 
 
@@ -57,20 +62,33 @@ def evaluate_methods(key, gmm: GMM, hparams: dict, config: TrainConfig, fisher_b
     Returns:
       {"metrics": {method: {metric: scalar}}, "projectors": {method: array}}.
       Methods: "pca" (r directions), "lda" (K−1), "oracle" (r directions, scaled by their
-      canonical correlations) and the learned ones.
+      canonical correlations) and the learned ones. Every method also gets
+      "bayes_retained", its Bayes accuracy over the full data's. For a
+      :class:`gmmssl.gmm.HeteroGMM` there is one more method, "sufficient" (the r leading
+      directions of the central subspace, :func:`gmmssl.fisher.sufficient_subspace`),
+      and every method gets "sufficient_capture" and "oracle_capture", the capture of
+      that subspace and of the oracle's.
     """
     _, k_base, k_eval, k_km = _keys(key)
     x, x_pos, c, _ = sample_pairs(k_base, gmm, num_baseline, hparams["delta"], config.mode)
+    oracle = fisher.spectral_oracle(x, x_pos, config.r)
+    hetero = isinstance(gmm, HeteroGMM)
     projectors = {
         "pca": fisher.pca(x, config.r),
         "lda": fisher.lda(x, c, gmm.num_components),
-        "oracle": fisher.spectral_oracle(x, x_pos, config.r).embedding,
+        "oracle": oracle.embedding,
+        **({"sufficient": fisher.sufficient_subspace(gmm, config.r)} if hetero else {}),
         **learned,
     }
     x_eval, c_eval = sample(k_eval, gmm, num_eval)
-    scores = {name: score_projector(k_km, a, gmm, fisher_basis, x_eval, c_eval,
-                                    kmeans_restarts=kmeans_restarts)
-              for name, a in projectors.items()}
+    full = metrics.bayes_accuracy(x_eval, c_eval, gmm)
+    scores = {}
+    for name, a in projectors.items():
+        scores[name] = score_projector(k_km, a, gmm, fisher_basis, x_eval, c_eval, kmeans_restarts=kmeans_restarts)
+        scores[name]["bayes_retained"] = scores[name]["bayes_accuracy"] / full
+        if hetero:
+            scores[name]["sufficient_capture"] = metrics.fisher_capture(a, projectors["sufficient"])
+            scores[name]["oracle_capture"] = metrics.fisher_capture(a, oracle.basis)
     return {"metrics": scores, "projectors": projectors}
 
 

@@ -9,6 +9,7 @@ claims it checks and which figures it draws. :func:`run_experiment` is the one r
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -74,6 +75,14 @@ class Experiment:
       claims: (run) -> list of :class:`gmmssl.results.Claim`.
       figures: (run, out_dir) -> list of written paths.
       report: (run) -> text printed after the run (tables).
+      presets: named sizes, {name: {key: value}}, chosen with ``--set scale=NAME``
+        (applied over the defaults, before the other overrides); "default" is the
+        defaults themselves.
+      x64: run in float64 (``jax.enable_x64`` around building and running the grid).
+      followup: (run) -> [(static, config, Sweep)] run after the main grid, its parts
+        and rows appended (e.g. the worst cells re-run longer); None for none.
+      findings: (run) -> markdown summarizing what the rows show (for
+        docs/open-questions.md; reads ``run.config`` and ``run.rows`` only).
     """
 
     name: str
@@ -84,6 +93,10 @@ class Experiment:
     figures: Callable[[Run, Path], list]
     report: Callable[[Run], str]
     static_keys: tuple = ()
+    presets: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    x64: bool = False
+    followup: Callable[[Run], list] | None = None
+    findings: Callable[[Run], str] | None = None
 
 
 def _parse_value(key: str, text: str, default):
@@ -129,8 +142,20 @@ def parse_overrides(items) -> dict[str, str]:
 
 def resolve_config(experiment: Experiment, overrides: Mapping[str, Any]) -> dict:
     """The defaults with overrides (strings are parsed by the default's type; a static
-    key given several comma-separated values becomes a tuple, a static axis)."""
+    key given several comma-separated values becomes a tuple, a static axis).
+
+    ``scale`` (for experiments with presets) picks a preset, applied before the other
+    overrides; the resolved config records it.
+    """
     config = dict(experiment.defaults)
+    overrides = dict(overrides)
+    if experiment.presets:
+        scale = overrides.pop("scale", config.get("scale", "default"))
+        names = ("default", *experiment.presets)
+        if scale not in names:
+            raise ValueError(f"--set scale={scale!r}: expected one of {', '.join(names)}")
+        config.update(experiment.presets.get(scale, {}))
+        config["scale"] = scale
     for key, value in overrides.items():
         if key not in config:
             raise ValueError(
@@ -218,8 +243,12 @@ def run_experiment(experiment: Experiment, out_dir, overrides: Mapping[str, Any]
         raise ValueError(f"--chunk-size must be a positive integer, got {chunk_size!r}")
     if budget_bytes is not None and budget_bytes <= 0:
         raise ValueError(f"--budget-mb must be positive, got {budget_bytes / 2**20:g}")
+    with jax.enable_x64(True) if experiment.x64 else contextlib.nullcontext():
+        return _run(experiment, config, Path(out_dir), progress, resume, chunk_size, budget_bytes)
+
+
+def _run(experiment, config, out_dir, progress, resume, chunk_size, budget_bytes) -> Run:
     plans = [(static, cfg, experiment.build(cfg)) for static, cfg in static_configs(experiment, config)]
-    out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     config_path = out_dir / "config.json"
     if resume and config_path.exists():
@@ -240,26 +269,36 @@ def run_experiment(experiment: Experiment, out_dir, overrides: Mapping[str, Any]
             "environment": environment()}
     results.write_json(meta, config_path)
     start = time.perf_counter()
-    parts, rows = [], []
-    for static, cfg, spec in plans:
-        tag = _tag(static)
-        grid, outputs = sweep.run_grid(spec, out_dir=out_dir / "chunks" / tag, resume=resume,
-                                       fingerprint=cfg, progress=progress, chunk_size=chunk_size,
-                                       budget_bytes=budget_bytes,
-                                       label=f"{tag} " if static else "")
-        parts.append(Part(static, cfg, grid, outputs))
-        rows.extend({**static, **row} for row in results.tidy_rows(grid, outputs["metrics"]))
-    seconds = time.perf_counter() - start
-    run = Run(config, parts, rows, seconds=seconds)
-    run.claims = experiment.claims(run)
-    results.write_csv(run.rows, out_dir / "results.csv")
+    run = Run(config, [], [])
+
+    def run_plans(plans):
+        for static, cfg, spec in plans:
+            tag = _tag(static)
+            grid, outputs = sweep.run_grid(spec, out_dir=out_dir / "chunks" / tag, resume=resume,
+                                           fingerprint=cfg, progress=progress, chunk_size=chunk_size,
+                                           budget_bytes=budget_bytes,
+                                           label=f"{tag} " if static else "")
+            run.parts.append(Part(static, cfg, grid, outputs))
+            run.rows.extend({**static, **row} for row in results.tidy_rows(grid, outputs["metrics"]))
+
+    run_plans(plans)
+    if experiment.followup is not None:
+        extra = experiment.followup(run)
+        meta["static"] += [static for static, _, _ in extra]
+        meta["axes"].update({_tag(static): {k: list(v) for k, v in spec.axes.items()} for static, _, spec in extra})
+        meta["num_cells"] += sum(len(sweep.flatten_grid(spec.axes)[next(iter(spec.axes))]) for _, _, spec in extra)
+        run_plans(extra)
+    parts = run.parts
+    run.seconds = seconds = time.perf_counter() - start
+    results.write_csv(run.rows, out_dir / "results.csv")  # written before anything that could fail
     arrays = {}
     for part in parts:
         prefix = f"{_tag(part.static)}/" if len(parts) > 1 else ""
-        arrays.update({f"{prefix}{k}": v for k, v in part.outputs["projectors"].items()})
+        arrays.update(sweep.flatten_tree(part.outputs["projectors"], prefix))
         arrays.update({f"{prefix}grid_{k}": v for k, v in part.grid.items()})
     np.savez_compressed(out_dir / "projectors.npz", **arrays)
     results.write_json({**meta, "seconds": round(seconds, 3)}, config_path)
+    run.claims = experiment.claims(run)
     experiment.figures(run, out_dir)
     results.write_json({"experiment": experiment.name,
                         "passed": all(c.passed for c in run.claims),

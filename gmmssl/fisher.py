@@ -34,6 +34,7 @@ __all__ = [
     "lda",
     "pca",
     "spectral_oracle",
+    "sufficient_subspace",
     "Oracle",
 ]
 
@@ -174,6 +175,36 @@ def pca(x, r: int) -> jax.Array:
     xc = x - x.mean(0)
     _, vecs = jnp.linalg.eigh(xc.T @ xc / x.shape[0])
     return vecs[:, ::-1][:, :r]
+
+
+def sufficient_subspace(gmm: GMM, r: int) -> jax.Array:
+    r"""r leading directions (d, r, orthonormal) of the central subspace of a mixture:
+    the smallest subspace through which the Bayes posterior p(c | x) depends on x.
+
+    In coordinates whitened by the pooled within-class covariance
+    :math:`\Sigma_W = LL^\top` (y = L⁻¹x, ν_k = L⁻¹(μ_k − μ̄), Ψ_k = L⁻¹Σ_kL⁻ᵀ) the
+    log-odds are quadratic in y with coefficients in span{ν_k} + ∪ col(Ψ_k − I); the
+    SAVE-type kernel :math:`M = \sum_k\pi_k[\nu_k\nu_k^\top + (\Psi_k - I)^2]` is PSD with
+    exactly that column space. Its top-r eigenvectors v, mapped back as L⁻ᵀv, are
+    returned. For a shared covariance (Ψ_k = I) this is the Fisher subspace (r = m);
+    for a :class:`gmmssl.gmm.HeteroGMM` it adds the directions where the components'
+    shapes differ. The ranking by M's eigenvalues is a heuristic when r is smaller
+    than the central subspace; measure what a projector keeps with
+    :func:`gmmssl.metrics.bayes_accuracy`.
+    """
+    r = _check_r(r, gmm.dim)
+    chol = gmm.chol
+    nu = jsl.solve_triangular(chol, (gmm.means - gmm.mean).T, lower=True)  # (d, K)
+    covs = gmm.covs if hasattr(gmm, "covs") else jnp.broadcast_to(gmm.cov, (gmm.num_components,) + gmm.cov.shape)
+    m = (nu * gmm.weights[None, :]) @ nu.T
+    eye = jnp.eye(gmm.dim, dtype=chol.dtype)
+    for k in range(gmm.num_components):  # a loop, not vmap: no batched LAPACK (see README)
+        half = jsl.solve_triangular(chol, covs[k], lower=True)
+        psi = jsl.solve_triangular(chol, half.T, lower=True)
+        dev = 0.5 * (psi + psi.T) - eye
+        m = m + gmm.weights[k] * dev @ dev
+    _, v = jnp.linalg.eigh(0.5 * (m + m.T))
+    return _orthonormal(jsl.solve_triangular(chol.T, v[:, ::-1][:, :r], lower=False))
 
 
 class Oracle(NamedTuple):

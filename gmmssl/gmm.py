@@ -21,6 +21,8 @@ from gmmssl._validate import check_int, check_range, is_concrete
 
 __all__ = [
     "GMM",
+    "HeteroGMM",
+    "hetero_gmm",
     "MultiModalGMM",
     "MultiModalPairs",
     "multimodal_gmm",
@@ -156,12 +158,112 @@ class GMM:
         """Σ_T = Σ + S_B, (d, d)."""
         return self.cov + self.between_scatter
 
+    def noise(self, c, eps):
+        """The component noise L ε of points with labels c (n,) and standard normals eps (n, d)."""
+        del c
+        return eps @ self.chol.T
+
     def sample(self, key, n: int):
         """Draws n labelled points; see :func:`sample`."""
         return sample(key, self, n)
 
     def __repr__(self):
         return f"GMM(dim={self.dim}, num_components={self.num_components}, dtype={self.means.dtype})"
+
+
+@jax.tree_util.register_pytree_node_class
+class HeteroGMM(GMM):
+    r"""A heteroscedastic Gaussian mixture: one covariance :math:`\Sigma_k` per component
+    (beyond the paper).
+
+    Sampling: :math:`x = \mu_c + L_c\varepsilon`. Everything that reads ``cov`` / ``chol``
+    (the Fisher subspace, ``fisher_efficiency``, LDA's population target) sees the pooled
+    within-class covariance :math:`\Sigma_W = \sum_k \pi_k\Sigma_k`, so
+    ``fisher_subspace`` of a HeteroGMM is the subspace LDA estimates,
+    :math:`\mathrm{span}\{\Sigma_W^{-1}(\mu_k-\bar\mu)\}`; it need not keep the
+    Bayes-optimal (quadratic) classifier's accuracy.
+
+    Args:
+      means: (K, d); covs: (K, d, d), each symmetric positive definite; weights: (K,) or None.
+
+    Attributes:
+      means, chols (K, d, d) per-component Cholesky factors, chol (pooled), weights.
+    """
+
+    def __init__(self, means, covs, weights=None):
+        if is_concrete((means, covs)):
+            c = np.asarray(covs, dtype=np.float64)
+            k = np.shape(means)[0] if np.ndim(means) == 2 else None
+            if c.ndim != 3 or k is None or c.shape[0] != k:
+                raise ValueError(f"covs must be (num_components, d, d) to match means {np.shape(means)}, "
+                                 f"got {c.shape}")
+            for j in range(k):
+                try:
+                    _check_means_cov(means, c[j])
+                except ValueError as err:
+                    raise ValueError(f"covs[{j}]: {err}") from None
+        w = None if weights is None else jnp.asarray(weights)
+        covs = jnp.asarray(covs)
+        pooled_w = jnp.full((covs.shape[0],), 1.0 / covs.shape[0]) if w is None else w
+        super().__init__(means, jnp.einsum("k,kij->ij", pooled_w.astype(covs.dtype), covs), weights)
+        covs = covs.astype(self.means.dtype)
+        self.chols = jnp.linalg.cholesky(0.5 * (covs + jnp.swapaxes(covs, -1, -2)))
+
+    @classmethod
+    def from_cholesky(cls, means, chol, weights, chols=None):
+        obj = object.__new__(cls)
+        obj.means, obj.chol, obj.weights, obj.chols = means, chol, weights, chols
+        return obj
+
+    def tree_flatten(self):
+        return (self.means, self.chol, self.weights, self.chols), None
+
+    @property
+    def covs(self) -> jax.Array:
+        """Σ_k = L_k L_kᵀ, (K, d, d)."""
+        return self.chols @ jnp.swapaxes(self.chols, -1, -2)
+
+    def noise(self, c, eps):
+        """L_c ε per point, (n, d)."""
+        return jnp.einsum("nij,nj->ni", self.chols[c], eps)
+
+    def __repr__(self):
+        return f"HeteroGMM(dim={self.dim}, num_components={self.num_components}, dtype={self.means.dtype})"
+
+
+def hetero_gmm(key, d: int, num_components: int, *, heterogeneity=0.5, separation: float = 1.0,
+               condition_number: float = 10.0, weights=None, dtype=jnp.float32) -> HeteroGMM:
+    r"""A random heteroscedastic mixture that interpolates from a shared covariance.
+
+    Starts from :func:`random_gmm` (centered means, shared Σ of the given condition number)
+    and gives component k the covariance :math:`\Sigma_k = (1-h)\,\Sigma + h\,U_k D_k U_k^\top` with a Haar-random
+    rotation U_k and a log-uniform spectrum D_k of the same condition number, rescaled to
+    Σ's trace. h = 0 is the shared-covariance mixture (the same draw for every h, so
+    curves over h are smooth); h = 1 gives unrelated covariances.
+
+    Args:
+      heterogeneity: h in [0, 1] (may be traced).
+    """
+    k = check_int("num_components", num_components, low=2)
+    d = check_int("d", d, low=1)
+    check_range("heterogeneity", heterogeneity, 0.0, 1.0)
+    k_base, k_comp = jax.random.split(key)
+    base = random_gmm(k_base, d, k, separation=separation, condition_number=condition_number,
+                      weights=weights, dtype=dtype)
+    shared = base.cov
+    keys = jax.random.split(k_comp, k)
+
+    def one(kk):
+        k_rot, k_spec = jax.random.split(kk)
+        q, r = jnp.linalg.qr(jax.random.normal(k_rot, (d, d), dtype=dtype))
+        q = q * jnp.sign(jnp.diagonal(r))[None, :]
+        spec = jnp.exp(jax.random.uniform(k_spec, (d,), dtype=dtype) * jnp.log(condition_number))
+        spec = spec * jnp.trace(shared) / spec.sum()
+        return (q * spec[None, :]) @ q.T
+
+    comps = jnp.stack([one(kk) for kk in keys])  # a loop, not vmap: no batched LAPACK (see README)
+    h = jnp.asarray(heterogeneity, dtype)
+    return HeteroGMM(base.means, (1.0 - h) * shared[None] + h * comps, base.weights)
 
 
 def sample(key, gmm: GMM, n: int):
@@ -174,7 +276,7 @@ def sample(key, gmm: GMM, n: int):
     k_c, k_eps = jax.random.split(key)
     c = jax.random.categorical(k_c, jnp.log(gmm.weights), shape=(n,))
     eps = jax.random.normal(k_eps, (n, gmm.dim), dtype=gmm.means.dtype)
-    return gmm.means[c] + eps @ gmm.chol.T, c.astype(jnp.int32)
+    return gmm.means[c] + gmm.noise(c, eps), c.astype(jnp.int32)
 
 
 def _simplex(num_components: int) -> np.ndarray:

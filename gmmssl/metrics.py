@@ -26,12 +26,15 @@ from gmmssl.gmm import GMM
 __all__ = [
     "RTOL",
     "adjusted_rand_index",
+    "bayes_accuracy",
+    "bayes_log_posterior",
     "column_space",
     "effective_rank",
     "fisher_capture",
     "fisher_efficiency",
     "kmeans",
     "kmeans_ari",
+    "linear_probe_accuracy",
     "principal_angles",
 ]
 
@@ -193,3 +196,69 @@ def kmeans_ari(key, z, labels, k: int, *, restarts: int = 4, iters: int = 50) ->
     """k-means (k clusters) on embeddings z (n, p), scored by ARI against labels in [0, k)."""
     pred, _, _ = kmeans(key, z, k, restarts=restarts, iters=iters)
     return adjusted_rand_index(labels, pred, k, k)
+
+
+def bayes_log_posterior(z, gmm: GMM, a=None, *, jitter: float = 1e-6) -> jax.Array:
+    r"""Unnormalized log posteriors :math:`\log\pi_k + \log N(z; \mu_kA, A^\top\Sigma_kA)`, (n, K).
+
+    The Bayes-optimal classifier given the projection z = xA (A = I when None), with the
+    mixture's true parameters: linear (LDA's rule) for a shared covariance, quadratic for
+    a :class:`gmmssl.gmm.HeteroGMM`. ``jitter`` times the mean variance is added to each
+    projected covariance so collapsed projectors stay finite.
+
+    Args:
+      z: (n, r) projected points (x A), or (n, d) points when ``a`` is None.
+      a: (d, r) projector or None.
+    """
+    covs = gmm.covs if hasattr(gmm, "covs") else jnp.broadcast_to(gmm.cov, (gmm.num_components,) + gmm.cov.shape)
+    means = gmm.means
+    if a is not None:
+        _check_matrix("a", a)
+        covs = jnp.einsum("di,kde,ej->kij", a, covs, a)
+        means = means @ a
+    r = means.shape[1]
+    out = []
+    for k in range(gmm.num_components):  # a loop, not vmap: no batched LAPACK (see README)
+        s = covs[k] + jitter * jnp.trace(covs[k]) / r * jnp.eye(r, dtype=covs.dtype)
+        chol = jnp.linalg.cholesky(s)
+        white = jsl.solve_triangular(chol, (z - means[k]).T, lower=True)
+        logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol)))
+        out.append(jnp.log(gmm.weights[k]) - 0.5 * jnp.sum(white * white, axis=0) - 0.5 * logdet)
+    return jnp.stack(out, axis=1)
+
+
+def bayes_accuracy(x, labels, gmm: GMM, a=None) -> jax.Array:
+    """Accuracy of the Bayes-optimal classifier on (x, labels), given the projection xA
+    (the full data when ``a`` is None); see :func:`bayes_log_posterior`."""
+    z = x if a is None else x @ a
+    return jnp.mean(jnp.argmax(bayes_log_posterior(z, gmm, a), axis=1) == labels)
+
+
+def linear_probe_accuracy(z_train, c_train, z_test, c_test, num_classes: int, *, steps: int = 300,
+                          learning_rate: float = 0.5, l2: float = 1e-4) -> jax.Array:
+    r"""Test accuracy of a linear probe: multinomial logistic regression on the
+    representations, fitted by full-batch gradient descent.
+
+    Features are standardized with the training mean and standard deviation; the loss
+    is mean cross-entropy + ``l2``·‖W‖²; ``steps`` steps of gradient descent (the
+    problem is convex). Jittable and vmappable (no linear algebra).
+
+    Args:
+      z_train: (n, p), c_train: (n,) ints in [0, num_classes); z_test, c_test alike.
+    """
+    num_classes = check_int("num_classes", num_classes, low=2)
+    mu = z_train.mean(0)
+    sd = jnp.maximum(z_train.std(0), 1e-8)
+    f_train, f_test = (z_train - mu) / sd, (z_test - mu) / sd
+    onehot = jax.nn.one_hot(c_train, num_classes, dtype=f_train.dtype)
+
+    def loss(params):
+        w, b = params
+        logp = jax.nn.log_softmax(f_train @ w + b)
+        return -jnp.mean(jnp.sum(onehot * logp, axis=1)) + l2 * jnp.sum(w * w)
+
+    params = (jnp.zeros((f_train.shape[1], num_classes), f_train.dtype), jnp.zeros((num_classes,), f_train.dtype))
+    params = lax.fori_loop(0, steps, lambda _, p: jax.tree.map(lambda v, g: v - learning_rate * g, p,
+                                                               jax.grad(loss)(p)), params)
+    w, b = params
+    return jnp.mean(jnp.argmax(f_test @ w + b, axis=1) == c_test)

@@ -131,14 +131,15 @@ def _as_device_array(values: np.ndarray):
     return jnp.asarray(values, jnp.float32)
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+def flatten_tree(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    """Nested dict of arrays -> {"a/b/c": numpy array} (keys joined with "/")."""
     out = {}
     for k, v in tree.items():
         key = f"{prefix}{k}"
         if "/" in str(k):
             raise ValueError(f"output key {k!r} must not contain '/'")
         if isinstance(v, dict):
-            out.update(_flatten(v, key + "/"))
+            out.update(flatten_tree(v, key + "/"))
         else:
             out[key] = np.asarray(v)
     return out
@@ -269,7 +270,7 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, fingerprint: di
             if jax.process_count() > 1:
                 from jax.experimental import multihost_utils
                 result = multihost_utils.process_allgather(result, tiled=True)
-            flat = {k: v[: hi - lo] for k, v in _flatten(result).items()}
+            flat = {k: v[: hi - lo] for k, v in flatten_tree(result).items()}
             if chunk_file is not None and jax.process_index() == 0:
                 buf = io.BytesIO()
                 np.savez(buf, **flat)

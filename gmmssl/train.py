@@ -24,11 +24,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gmmssl import losses
+from gmmssl import losses, projectors
 from gmmssl._validate import check_choice, check_int, check_range
 from gmmssl.augment import MODES, sample_pairs
 from gmmssl.data import Dataset, sample_dataset_pairs
-from gmmssl.gmm import GMM, MultiModalGMM, sample_multimodal
+from gmmssl.gmm import GMM, HeteroGMM, MultiModalGMM, sample_multimodal
 from gmmssl.metrics import fisher_capture
 
 __all__ = ["DEFAULT_HPARAMS", "HPARAM_RANGES", "OBJECTIVES", "TrainConfig", "TrainResult", "check_setup",
@@ -80,6 +80,11 @@ class TrainConfig:
       predictor, distance, stop_gradient: SimSiam options (a trained r×r predictor
         starting at identity plus N(0, 0.01²) noise; "l2" or "cosine"; stop-gradient on
         the targets).
+      hidden, activation: a non-linear projector (beyond the paper): an MLP with these
+        hidden widths and activation, then the linear head A (h, r); see
+        :mod:`gmmssl.projectors`. Empty (the default): the linear projector of the
+        theory. For losses "infonce", "simsiam" and "spectral"; the history records no
+        Fisher capture (A is not a map from the data space).
     """
 
     r: int = 2
@@ -97,6 +102,8 @@ class TrainConfig:
     predictor: bool = False
     distance: str = "l2"
     stop_gradient: bool = True
+    hidden: tuple = ()
+    activation: str = "gelu"
 
     def validate(self, d: int) -> None:
         check_int("r", self.r, low=1, high=d)
@@ -114,6 +121,10 @@ class TrainConfig:
         check_range("init_scale", self.init_scale, 0.0, float("inf"), low_open=True, high_open=True)
         if self.num_samples is not None:
             check_int("num_samples", self.num_samples, low=self.batch_size)
+        projectors.check_hidden(self.hidden, self.activation)
+        if self.hidden and self.loss not in NONLINEAR_LOSSES:
+            raise ValueError(f"loss {self.loss!r} needs a linear projector (hidden=()); an MLP projector "
+                             f"trains with {', '.join(NONLINEAR_LOSSES)}")
 
 
 class Objective(NamedTuple):
@@ -135,12 +146,20 @@ def _projector(key, d, config):
 
 
 def _init_projector(key, gmm, config):
+    if config.hidden:
+        k_mlp, k_head = jax.random.split(key)
+        return {"mlp": projectors.init_mlp(k_mlp, gmm.dim, config.hidden, config.activation),
+                "A": _projector(k_head, config.hidden[-1], config)}
     return {"A": _projector(key, gmm.dim, config)}
+
+
+def _embed(params, x, config):
+    return projectors.embed(params, x, config.hidden, config.activation)
 
 
 def _init_simsiam(key, gmm, config):
     k_a, k_p = jax.random.split(key)
-    params = {"A": _projector(k_a, gmm.dim, config)}
+    params = _init_projector(k_a, gmm, config)
     if config.predictor:
         params["P"] = jnp.eye(config.r) + 0.01 * jax.random.normal(k_p, (config.r, config.r))
     return params
@@ -165,8 +184,7 @@ def _modality_pairs(key, gmm, n, hparams, config):
 
 
 def _infonce_loss(params, x, x_pos, hparams, config, gmm):
-    a = params["A"]
-    return losses.infonce(x @ a, x_pos @ a, temperature=hparams["temperature"],
+    return losses.infonce(_embed(params, x, config), _embed(params, x_pos, config), temperature=hparams["temperature"],
                           similarity=config.similarity, symmetric=config.symmetric)
 
 
@@ -178,14 +196,12 @@ def _infonce_population_loss(params, x, x_pos, hparams, config, gmm):
 
 
 def _simsiam_loss(params, x, x_pos, hparams, config, gmm):
-    a = params["A"]
-    return losses.simsiam(x @ a, x_pos @ a, predictor=params.get("P"), xi=hparams["xi"],
+    return losses.simsiam(_embed(params, x, config), _embed(params, x_pos, config), predictor=params.get("P"), xi=hparams["xi"],
                           distance=config.distance, stop_gradient=config.stop_gradient)
 
 
 def _spectral_loss(params, x, x_pos, hparams, config, gmm):
-    a = params["A"]
-    return losses.spectral_contrastive(x @ a, x_pos @ a)
+    return losses.spectral_contrastive(_embed(params, x, config), _embed(params, x_pos, config))
 
 
 def _clip_loss(params, x1, x2, hparams, config, gmm):
@@ -193,6 +209,7 @@ def _clip_loss(params, x1, x2, hparams, config, gmm):
                        similarity=config.similarity)
 
 
+NONLINEAR_LOSSES = ("infonce", "simsiam", "spectral")
 OBJECTIVES: dict[str, Objective] = {
     "infonce": Objective(_init_projector, _infonce_loss, _aed_pairs),
     "infonce_population": Objective(_init_projector, _infonce_population_loss, _aed_pairs, (GMM,)),
@@ -209,6 +226,9 @@ def check_setup(gmm, config: TrainConfig) -> None:
     if not isinstance(gmm, want):
         names = " or ".join(t.__name__ for t in want)
         raise ValueError(f"loss {config.loss!r} trains on a {names}, got {type(gmm).__name__}")
+    if config.loss == "infonce_population" and isinstance(gmm, HeteroGMM):
+        raise ValueError("loss 'infonce_population' needs a shared covariance (its closed-form negatives "
+                         "assume one); got a HeteroGMM: use loss 'infonce'")
     config.validate(gmm.dim)
     if isinstance(gmm, MultiModalGMM):
         check_int("r", config.r, low=1, high=min(gmm.dims))
@@ -296,7 +316,7 @@ def train(key, gmm: GMM, hparams: dict, config: TrainConfig, fisher_basis=None) 
     def block(carry, start):
         carry, values = jax.lax.scan(step, carry, start + jnp.arange(config.log_every))
         record = {"loss": values.mean(), "learning_rate": carry[1].hyperparams["learning_rate"]}
-        if fisher_basis is not None:
+        if fisher_basis is not None and not config.hidden:
             record["fisher_capture"] = fisher_capture(carry[0]["A"], fisher_basis)
         return carry, record
 

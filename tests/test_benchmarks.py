@@ -15,3 +15,20 @@ def test_bench_quick_writes_json_and_markdown(tmp_path):
     methods = {r["method"] for r in report["sweep"]["rows"]}
     assert methods - {"torch_loop"} == {"grid", "loop_models", "loop_steps"}  # torch only when installed
     assert "## Kernels" in (tmp_path / "bench.md").read_text()
+    tta = report["time_to_answer"]
+    assert [r["loss"] for r in tta["rows"]] == ["infonce", "infonce_population"]
+    for row in tta["rows"]:
+        assert row["wall_s"] > 0 and 0 < row["time_to_target_s"] <= row["grid_s"]
+        assert row["final_capture"] >= row["target_capture"] - 1e-9 and row["num_cells"] == 2
+    assert tta["speedup_wall"] > 0
+    assert (tmp_path / "time_to_answer" / "infonce_population" / "verdict.json").exists()
+
+
+def test_grid_benchmark_chunks_within_a_memory_budget():
+    from benchmarks import sweeps
+
+    gmm, cfg = sweeps.CONFIGS["delta"]["gmm"](), sweeps.CONFIGS["delta"]["cfg"]
+    cfg = cfg.__class__(r=cfg.r, batch_size=8, steps=2, log_every=2)
+    cell = sweeps.estimate_cell_bytes(gmm.dim, cfg.r, cfg.batch_size)
+    row = sweeps._grid_timed(gmm, cfg, 5, repeats=1, budget_bytes=2 * cell)
+    assert row["chunk_size"] == 2 and row["num_chunks"] == 3 and row["median_s"] > 0

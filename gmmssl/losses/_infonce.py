@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 from jax.nn import logsumexp
 
-from gmmssl._validate import check_range
-from gmmssl.losses._common import check_pair, similarity_logits
+from gmmssl._validate import check_choice, check_range
+from gmmssl.losses._common import SIMILARITIES, check_pair, normalize, similarity_logits
 
 
 @jax.custom_vjp
@@ -37,6 +37,51 @@ def _xent_bwd(probs, g):
 
 
 diagonal_cross_entropy.defvjp(_xent_fwd, _xent_bwd)
+
+# Embedding widths up to this use the fused low-rank kernel below.
+SMALL_RANK = 4
+
+
+def _outer_logits(a, b):
+    """ℓ_ij = Σ_k a_ik b_jk as a sum of r outer products: elementwise, so XLA fuses it into
+    the reductions that consume it instead of running a (B, r) × (r, B) matmul."""
+    out = a[:, 0, None] * b[None, :, 0]
+    for k in range(1, a.shape[1]):
+        out = out + a[:, k, None] * b[None, :, k]
+    return out
+
+
+@jax.custom_vjp
+def low_rank_cross_entropy(a, b):
+    r"""``diagonal_cross_entropy(a @ b.T)`` for small r = a.shape[1], without the matmul.
+
+    mean_i [logsumexp_j a_i·b_j − a_i·b_i] for a, b (B, r). The forward pass keeps only
+    the row log-sum-exps; the backward pass recomputes P = softmax(ℓ) row by row inside
+    the reductions P b and Pᵀ a, so no B×B array is stored between the passes. Measured
+    on the pancakes step (64 models, B = 512, r = 2; benchmarks/README.md): the loss's
+    forward+backward 58 ms → 48 ms and 69 ms → 52 ms in two side-by-side runs.
+    """
+    return _low_rank_fwd(a, b)[0]
+
+
+def _low_rank_fwd(a, b):
+    logits = _outer_logits(a, b)
+    m = jax.lax.stop_gradient(jnp.max(logits, axis=1))
+    lse = m + jnp.log(jnp.sum(jnp.exp(logits - m[:, None]), axis=1))
+    return jnp.mean(lse - jnp.sum(a * b, axis=1)), (a, b, lse)
+
+
+def _low_rank_bwd(res, g):
+    a, b, lse = res
+    n = a.shape[0]
+    p = jnp.exp(_outer_logits(a, b) - lse[:, None])
+    pb = jnp.sum(p[:, :, None] * b[None, :, :], axis=1)  # (B, r): Σ_j P_ij b_j
+    pt = jnp.exp(_outer_logits(b, a) - lse[None, :])  # P transposed
+    pa = jnp.sum(pt[:, :, None] * a[None, :, :], axis=1)  # Σ_i P_ij a_i
+    return (pb - b) * (g / n), (pa - a) * (g / n)
+
+
+low_rank_cross_entropy.defvjp(_low_rank_fwd, _low_rank_bwd)
 
 
 def infonce(z, z_pos, *, temperature=1.0, similarity: str = "dot", symmetric: bool = False):
@@ -76,6 +121,16 @@ def infonce(z, z_pos, *, temperature=1.0, similarity: str = "dot", symmetric: bo
       0.0001
     """
     check_pair(z, z_pos)
+    if z.shape[1] <= SMALL_RANK:  # the fused kernel; the same value and gradient (tested)
+        check_choice("similarity", similarity, SIMILARITIES)
+        check_range("temperature", temperature, 0.0, float("inf"), low_open=True, high_open=True)
+        if similarity == "cosine":
+            z, z_pos = normalize(z), normalize(z_pos)
+        a = z / temperature
+        loss = low_rank_cross_entropy(a, z_pos)
+        if symmetric:
+            loss = 0.5 * (loss + low_rank_cross_entropy(z_pos, a))
+        return loss
     logits = similarity_logits(z, z_pos, temperature, similarity)
     loss = diagonal_cross_entropy(logits)
     if symmetric:

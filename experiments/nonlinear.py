@@ -1,0 +1,213 @@
+"""nonlinear: do non-linear projectors still find the Fisher subspace? (the paper's Open
+Question 1). MLP projectors (``depth`` hidden layers of ``width`` units, flax.nnx, then a
+linear head to r dimensions; depth 0 is the linear projector of the theory) trained with
+InfoNCE and SimSiam on the same mixtures as the linear experiments (parallel pancakes by
+default, where PCA fails), vmapped over δ and seeds, one compilation per architecture.
+
+Linear readouts of the learned representation z = f(x) on held-out points: k-means ARI
+and the test accuracy of a linear probe (logistic regression fitted on half of them),
+beside LDA's and PCA's projections, the untrained network ("init") and the Bayes
+optimum (the true posterior on x). Where the representation looks in the input space:
+the fraction of its Jacobian ∂z/∂x that acts on the Fisher subspace, averaged over data
+points (1: the Jacobian's row space lies in S_F; about m/d for a random map).
+
+Predictions, stated before running: for every depth and both losses the MLP's linear
+probe is within 0.02 of LDA's and its k-means ARI within 0.05 of LDA's (mean over cells
+with δ ≥ 0.5), and at least 0.9 of its Jacobian acts on the Fisher subspace.
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from experiments._compare import mixture
+from gmmssl import fisher, metrics, plots, projectors, results
+from gmmssl._validate import check_choice, check_int
+from gmmssl.evaluate import cell_hparams
+from gmmssl.experiment import Experiment, Run
+from gmmssl.gmm import sample
+from gmmssl.sweep import Sweep, estimate_cell_bytes
+from gmmssl.train import TrainConfig, check_setup, init_params, train, validate_hparams
+
+STATIC_KEYS = ("mixture", "d", "num_components", "r", "depth", "width", "activation", "loss", "batch_size", "steps")
+DEFAULTS = {
+    "scale": "default",
+    "mixture": "pancakes",
+    "d": 16,
+    "num_components": 3,
+    "r": 2,
+    "separation": 0.7,
+    "thickness": (0.1,),
+    "condition_number": (10.0,),
+    "heterogeneity": (0.0,),
+    "depth": (0, 2),
+    "width": 64,
+    "activation": "gelu",
+    "loss": ("infonce", "simsiam"),
+    "delta": (0.5, 1.0),
+    "seeds": 4,
+    "learning_rate": 0.01,
+    "temperature": 1.0,
+    "xi": 1.0,
+    "steps": 1000,
+    "log_every": 100,
+    "batch_size": 512,
+    "num_baseline": 2000,
+    "num_eval": 2000,
+    "num_jacobian": 256,
+}
+PRESETS = {"paper": {"depth": (0, 1, 2, 3), "width": 128, "mixture": ("pancakes", "random"), "seeds": 8,
+                     "delta": (0.25, 0.5, 0.75, 1.0), "steps": 2000}}
+METRICS = ("probe_accuracy", "ari", "jacobian_fisher", "bayes_accuracy")
+REFERENCES = ("lda", "pca", "init")
+
+
+def build(config: dict) -> Sweep:
+    check_choice("mixture", config["mixture"], ("pancakes", "random"))
+    depth = check_int("depth", config["depth"], low=0)
+    width = check_int("width", config["width"], low=1)
+    k = config["num_components"]
+    train_config = TrainConfig(r=config["r"], batch_size=config["batch_size"], steps=config["steps"],
+                               loss=config["loss"], log_every=config["log_every"], hidden=(width,) * depth,
+                               activation=config["activation"])
+    check_setup(mixture(config, {"seed": 0}), train_config)
+    n_eval = check_int("num_eval", config["num_eval"], low=4 * k)
+    n_jac = check_int("num_jacobian", config["num_jacobian"], low=1, high=n_eval)
+    check_int("num_baseline", config["num_baseline"], low=config["d"] + 1)
+    hparams = {"learning_rate": config["learning_rate"], "temperature": config["temperature"], "xi": config["xi"]}
+    validate_hparams({k_: np.asarray(v) for k_, v in hparams.items()})
+    axes = {"delta": tuple(config["delta"]), "seed": tuple(range(check_int("seeds", config["seeds"], low=1)))}
+    validate_hparams({"delta": np.asarray(axes["delta"])})
+    m = k - 1
+
+    def hp(cell):
+        return {**hparams, **cell_hparams(cell)}
+
+    def prepare_fn(cell):
+        gmm = mixture(config, cell)
+        return {"gmm": gmm, "fisher": fisher.fisher_subspace(gmm, num_directions=m)}
+
+    def train_fn(cell, data):
+        key = jax.random.split(jax.random.PRNGKey(cell["seed"]), 4)[0]
+        return train(key, data["gmm"], hp(cell), train_config).params
+
+    def evaluate_fn(cell, data, params):
+        keys = jax.random.split(jax.random.PRNGKey(cell["seed"]), 4)
+        gmm, basis = data["gmm"], data["fisher"]
+        x_base, c_base = sample(keys[1], gmm, config["num_baseline"])
+        x, c = sample(keys[2], gmm, n_eval)
+        half = n_eval // 2
+        start = init_params(keys[0], gmm, train_config)
+        nets = {config["loss"]: params, "init": start}
+        linear = {"lda": fisher.lda(x_base, c_base, k), "pca": fisher.pca(x_base, config["r"])}
+        bayes = metrics.bayes_accuracy(x[half:], c[half:], gmm)
+        out = {}
+        for name, p in nets.items():
+            z = projectors.embed(p, x, train_config.hidden, train_config.activation)
+            energy = projectors.jacobian_energy(p, x[:n_jac], basis, train_config.hidden, train_config.activation)
+            out[name] = _readouts(keys[3], z, c, half, k, energy, bayes)
+        for name, a in linear.items():
+            energy = projectors.jacobian_energy({"A": a}, x[:n_jac], basis)
+            out[name] = _readouts(keys[3], x @ a, c, half, k, energy, bayes)
+        return {"metrics": out, "projectors": {config["loss"]: params, **linear}}
+
+    return Sweep(train_fn, evaluate_fn, axes, estimate_cell_bytes(max(config["d"], width), config["r"],
+                                                                  config["batch_size"], num_param_matrices=depth + 1),
+                 prepare_fn)
+
+
+def _readouts(key, z, c, half, k, energy, bayes):
+    probe = metrics.linear_probe_accuracy(z[:half], c[:half], z[half:], c[half:], k)
+    return {"probe_accuracy": probe, "ari": metrics.kmeans_ari(key, z[half:], c[half:], k),
+            "jacobian_fisher": energy, "bayes_accuracy": bayes, "probe_gap_to_bayes": bayes - probe}
+
+
+def _groups(run: Run):
+    """{(loss, mixture): rows} with the depth as a column (from the rows alone)."""
+    c = run.config
+    out: dict = {}
+    for r in run.rows:
+        key = (r.get("loss", c["loss"]), r.get("mixture", c["mixture"]))
+        out.setdefault(key, []).append({**r, "depth": r.get("depth", c["depth"])})
+    return out
+
+
+def _summary(rows):
+    return results.summarize(rows, ("method", "depth"), METRICS + ("probe_gap_to_bayes",))
+
+
+def claims(run: Run) -> list:
+    out = []
+    for (loss, mix), rows in _groups(run).items():
+        rows = [r for r in rows if r["delta"] >= 0.5]
+        by = {(s["method"], s["depth"]): s for s in _summary(rows)}
+        for depth in sorted({dp for _, dp in by}):
+            tag = f"[{mix} {loss} depth={depth}]"
+            ssl, lda = by[(loss, depth)], by[("lda", depth)]
+            out.append(results.claim(f"{tag} linear probe minus LDA's (δ ≥ 0.5)",
+                                     ssl["probe_accuracy_mean"] - lda["probe_accuracy_mean"], ">=", -0.02))
+            out.append(results.claim(f"{tag} k-means ARI minus LDA's (δ ≥ 0.5)",
+                                     ssl["ari_mean"] - lda["ari_mean"], ">=", -0.05))
+            out.append(results.claim(f"{tag} fraction of the Jacobian on the Fisher subspace (δ ≥ 0.5)",
+                                     ssl["jacobian_fisher_mean"], ">=", 0.9))
+    return out
+
+
+def report(run: Run) -> str:
+    lines = []
+    for (loss, mix), rows in _groups(run).items():
+        s = _summary(rows)
+        for metric in ("probe_accuracy", "ari", "jacobian_fisher"):
+            lines.append(results.format_table(s, "method", "depth", metric,
+                                              title=f"[{mix} {loss}] {metric} (mean±std over δ and seeds)"))
+        bayes = np.mean([r["bayes_accuracy"] for r in rows])
+        lines.append(f"[{mix} {loss}] Bayes-optimal accuracy on the same test points: {bayes:.3f}")
+    return "\n\n".join(lines)
+
+
+def figures(run: Run, out_dir) -> list:
+    groups = _groups(run)
+    fig, axes = plots.plt.subplots(len(groups), 3, figsize=(13, 3.8 * len(groups)), squeeze=False)
+    labels = {"probe_accuracy": "linear-probe accuracy", "ari": "k-means ARI",
+              "jacobian_fisher": "Jacobian on the Fisher subspace"}
+    for ax_row, ((loss, mix), rows) in zip(axes, groups.items()):
+        s = _summary(rows)
+        for ax, metric in zip(ax_row, labels):
+            plots.metric_against(ax, s, "depth", metric, [loss, *REFERENCES], ylabel=labels[metric])
+            if metric == "probe_accuracy":
+                ax.axhline(np.mean([r["bayes_accuracy"] for r in rows]), color="k", ls="--", lw=1,
+                           label="Bayes optimum")
+            ax.set_xlabel("MLP depth (0 = linear projector)")
+            ax.set_title(f"{labels[metric]} — {mix}, {loss}", fontsize=9)
+        ax_row[0].legend(fontsize=7)
+    fig.suptitle(f"nonlinear: MLP projectors (width {run.config['width']}), mean ± std over δ and seeds")
+    return [plots.save(fig, out_dir / "nonlinear.png")]
+
+
+def findings(run: Run) -> str:
+    """What the rows show, for docs/open-questions.md."""
+    out = [f"MLP width {run.config['width']}, activation {run.config['activation']}, {run.config['steps']} steps; "
+           "mean over δ ≥ 0.5 and seeds (depth 0 is the linear projector).", "",
+           "| mixture | loss | depth | probe acc. | LDA probe | Bayes | ARI | LDA ARI | Jacobian on S_F |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    good, bad = [], []
+    for (loss, mix), rows in _groups(run).items():
+        rows = [r for r in rows if r["delta"] >= 0.5]
+        by = {(s["method"], s["depth"]): s for s in _summary(rows)}
+        for depth in sorted({dp for _, dp in by}):
+            ssl, lda = by[(loss, depth)], by[("lda", depth)]
+            out.append(f"| {mix} | {loss} | {depth} | {ssl['probe_accuracy_mean']:.3f} | "
+                       f"{lda['probe_accuracy_mean']:.3f} | {ssl['bayes_accuracy_mean']:.3f} | {ssl['ari_mean']:.3f} | "
+                       f"{lda['ari_mean']:.3f} | {ssl['jacobian_fisher_mean']:.3f} |")
+            close = ssl["probe_accuracy_mean"] >= lda["probe_accuracy_mean"] - 0.02
+            (good if close else bad).append(f"{mix}/{loss}/depth {depth}")
+    out += ["", f"Linear probe within 0.02 of LDA's: {', '.join(good) or 'none'}; short of it: "
+            f"{', '.join(bad) or 'none'}. The Jacobian column says how much of what the network looks at lies in "
+            "the Fisher subspace; the claims below give the measured values."]
+    return "\n".join(out)
+
+
+EXPERIMENT = Experiment(
+    name="nonlinear", description="MLP projectors (flax.nnx) against the linear theory: linear readouts "
+    "and where their Jacobian looks, beside LDA and the Bayes optimum.", defaults=DEFAULTS, build=build,
+    claims=claims, figures=figures, report=report, static_keys=STATIC_KEYS, presets=PRESETS, findings=findings)
