@@ -105,11 +105,15 @@ def default_budget_bytes() -> int:
 
 def choose_chunk_size(cell_bytes: int, grid_size: int, num_devices: int = 1,
                       budget_bytes: int | None = None) -> int:
-    """The most cells per chunk that fit the budget, a multiple of the device count, at
-    most the grid size rounded up to that multiple, and at least one cell per device."""
+    """Cells per chunk: a multiple of the device count, at least one cell per device, within
+    the budget, and as even as the fewest chunks that fit allow (the last chunk is padded)."""
     budget = default_budget_bytes() if budget_bytes is None else budget_bytes
     fit = max(1, int(budget // max(cell_bytes, 1)))
     per_device = max(1, min(fit // num_devices, math.ceil(grid_size / num_devices)))
+    # balance the chunks: the last one is padded to the chunk size, so 32 cells with room
+    # for 30 run as 2 × 16, not 30 + (2 padded to 30)
+    num_chunks = math.ceil(grid_size / (per_device * num_devices))
+    per_device = math.ceil(math.ceil(grid_size / num_devices) / num_chunks)
     return per_device * num_devices
 
 
