@@ -21,7 +21,7 @@ from benchmarks.common import peak_rss_mb
 from gmmssl import losses
 from gmmssl.augment import sample_pairs
 from gmmssl.gmm import parallel_pancakes, random_gmm
-from gmmssl.sweep import choose_chunk_size, estimate_cell_bytes
+from gmmssl.sweep import CPU_MAX_CHUNK, choose_chunk_size, estimate_cell_bytes
 from gmmssl.train import TrainConfig, train
 
 CONFIGS = {
@@ -37,12 +37,12 @@ def _grid_fn(gmm, cfg):
     return jax.vmap(one)
 
 
-def _grid_timed(gmm, cfg, g: int, repeats: int, budget_bytes: int | None):
+def _grid_timed(gmm, cfg, g: int, repeats: int, budget_bytes: int | None, max_cells: int | None = None):
     """The grid method over G models, in chunks sized by the sweep engine's memory estimate
     (so G = 4096 stays within the budget): compile the chunk once, warm up on one chunk,
     then time whole passes over the G models."""
     cell = estimate_cell_bytes(gmm.dim, cfg.r, cfg.batch_size)
-    chunk = choose_chunk_size(cell, g, budget_bytes=budget_bytes)
+    chunk = choose_chunk_size(cell, g, budget_bytes=budget_bytes, max_cells=max_cells)
     num_chunks = -(-g // chunk)
     keys = jax.random.split(jax.random.PRNGKey(0), num_chunks * chunk).reshape(num_chunks, chunk, -1)
     deltas = jnp.linspace(0.1, 1.0, num_chunks * chunk).reshape(num_chunks, chunk)
@@ -63,14 +63,16 @@ def _grid_timed(gmm, cfg, g: int, repeats: int, budget_bytes: int | None):
 
 
 def run(configs=("pancakes", "delta"), sizes=(1, 16, 256, 4096), loop_sizes=(1, 16), repeats: int = 3,
-        budget_bytes: int | None = None):
+        budget_bytes: int | None = None, max_cells: int | None = None):
     """Rows of model-steps/s per (config, method, G); large grids are timed once (repeats
     fall to 1 above G = 256, where one pass takes minutes on a CPU)."""
     rows = []
+    if max_cells is None and jax.default_backend() == "cpu":
+        max_cells = CPU_MAX_CHUNK  # as the sweep engine does
     for name in configs:
         gmm, cfg = CONFIGS[name]["gmm"](), CONFIGS[name]["cfg"]
         for g in sizes:
-            t = _grid_timed(gmm, cfg, g, repeats if g <= 256 else 1, budget_bytes)
+            t = _grid_timed(gmm, cfg, g, repeats if g <= 256 else 1, budget_bytes, max_cells)
             rows.append({"config": name, "method": "grid", "G": g, **t,
                          "model_steps_per_s": g * cfg.steps / t["median_s"], "peak_rss_mb": peak_rss_mb()})
         single = jax.jit(lambda k, d: train(k, gmm, {"delta": d}, cfg).params["A"])
@@ -100,7 +102,7 @@ def run(configs=("pancakes", "delta"), sizes=(1, 16, 256, 4096), loop_sizes=(1, 
             med = float(np.median(times))
             rows.append({"config": name, "method": "loop_steps", "G": g, "median_s": med,
                          "model_steps_per_s": g * cfg.steps / med})
-    if "pancakes" in configs:
+    if "pancakes" in configs and loop_sizes:
         from benchmarks import torch_loop
 
         if torch_loop.available():

@@ -103,12 +103,21 @@ def default_budget_bytes() -> int:
         return 2 << 30
 
 
+# On the CPU, chunks of more than this many cells ran about 2× slower per model (pancakes,
+# B = 512: 1,343–1,464 model-steps/s for chunks of 8–64 cells, 744 for 128, 660 for 4,096;
+# benchmarks/README.md), so the CPU default stops there; --chunk-size overrides it.
+CPU_MAX_CHUNK = 64
+
+
 def choose_chunk_size(cell_bytes: int, grid_size: int, num_devices: int = 1,
-                      budget_bytes: int | None = None) -> int:
+                      budget_bytes: int | None = None, max_cells: int | None = None) -> int:
     """Cells per chunk: a multiple of the device count, at least one cell per device, within
-    the budget, and as even as the fewest chunks that fit allow (the last chunk is padded)."""
+    the budget (and ``max_cells``), and as even as the fewest chunks that fit allow (the
+    last chunk is padded)."""
     budget = default_budget_bytes() if budget_bytes is None else budget_bytes
     fit = max(1, int(budget // max(cell_bytes, 1)))
+    if max_cells is not None:
+        fit = min(fit, max_cells)
     per_device = max(1, min(fit // num_devices, math.ceil(grid_size / num_devices)))
     # balance the chunks: the last one is padded to the chunk size, so 32 cells with room
     # for 30 run as 2 × 16, not 30 + (2 padded to 30)
@@ -228,7 +237,8 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, fingerprint: di
             for old_chunk in out.glob("chunk_*.npz"):
                 old_chunk.unlink()
     if chunk_size is None:
-        chunk_size = choose_chunk_size(spec.cell_bytes, size, num_devices, budget_bytes)
+        chunk_size = choose_chunk_size(spec.cell_bytes, size, num_devices, budget_bytes,
+                                       max_cells=CPU_MAX_CHUNK if jax.default_backend() == "cpu" else None)
     chunk = max(num_devices, (int(chunk_size) // num_devices) * num_devices)
     if out is not None:
         manifest["chunk_size"] = chunk

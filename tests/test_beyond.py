@@ -10,7 +10,7 @@ from scipy.stats import multivariate_normal
 import experiments
 from gmmssl import fisher, metrics, projectors
 from gmmssl.augment import sample_pairs
-from gmmssl.experiment import resolve_config, run_experiment
+from gmmssl.experiment import resolve_config
 from gmmssl.gmm import GMM, HeteroGMM, hetero_gmm, random_gmm, sample
 from gmmssl.train import TrainConfig, init_params, make_hparams, train
 
@@ -160,20 +160,3 @@ def test_scale_presets_resolve_and_bad_scale_is_refused():
     assert n >= 1000
     default = resolve_config(experiments.get("conjecture"), {})
     assert default["mixtures"] * len(default["d"]) * len(default["num_components"]) * len(default["mode"]) >= 200
-
-
-def test_conjecture_runs_in_float64_and_reruns_the_worst_longer(tmp_path):
-    run = run_experiment(experiments.get("conjecture"), tmp_path,
-                         {"d": "4", "num_components": "2", "mode": "other", "mixtures": "3", "steps": "40",
-                          "log_every": "20", "batch_size": "32", "candidates": "1", "rerun_factor": "2",
-                          "num_baseline": "100", "num_eval": "100", "delta_min": "0.6"})
-    assert not jax.config.jax_enable_x64  # switched on for the run only
-    main = [r for r in run.rows if r["method"] == "infonce_population" and r.get("phase") != "longer"]
-    longer = [r for r in run.rows if r["method"] == "infonce_population" and r.get("phase") == "longer"]
-    assert len(main) == 3 and len(longer) == 1
-    worst = max(main, key=lambda r: r["deficit"])
-    assert longer[0]["seed"] == worst["seed"] and longer[0]["delta"] == worst["delta"]
-    assert run.parts[-1].config["steps"] == 80
-    assert np.asarray(run.parts[0].outputs["projectors"]["infonce_population"]).dtype == np.float64
-    stored = np.load(tmp_path / "projectors.npz")
-    assert any(k.endswith("infonce_population") for k in stored.files)

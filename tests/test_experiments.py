@@ -114,3 +114,31 @@ def test_real_experiment_reads_user_features(tmp_path):
 def test_run_all_and_report_on_the_command_line(capsys, tmp_path):
     assert main(["run", "nonexistent-experiment"]) == 2
     assert "known experiments" in capsys.readouterr().err
+
+
+def test_conjecture_runs_in_float64_and_reruns_the_worst_longer(runs):
+    import jax
+    import numpy as np
+
+    _, out = runs
+    run, folder = out["conjecture"]
+    assert not jax.config.jax_enable_x64  # switched on for the run only
+    ssl = [r for r in run.rows if r["method"] == "infonce_population"]
+    main = [r for r in ssl if r.get("phase") != "longer"]
+    longer = [r for r in ssl if r.get("phase") == "longer"]
+    assert len(main) == 3 and len(longer) == 2
+    worst = sorted(main, key=lambda r: -r["deficit"])[:2]
+    assert sorted(r["seed"] for r in longer) == sorted(r["seed"] for r in worst)
+    assert {r["delta"] for r in longer} == {r["delta"] for r in worst}  # the same mixtures
+    assert run.parts[-1].config["steps"] == 2 * run.parts[0].config["steps"]
+    assert np.asarray(run.parts[0].outputs["projectors"]["infonce_population"]).dtype == np.float64
+    assert any(k.endswith("infonce_population") for k in np.load(folder / "projectors.npz").files)
+
+
+def test_nonlinear_saves_the_network_parameters(runs):
+    import numpy as np
+
+    _, out = runs
+    _, folder = out["nonlinear"]
+    keys = np.load(folder / "projectors.npz").files
+    assert any("infonce/mlp/layers/0/kernel" in k for k in keys) and any(k.endswith("infonce/A") for k in keys)

@@ -114,6 +114,8 @@ def test_choose_chunk_size():
     assert choose_chunk_size(10**9, grid_size=5, num_devices=2, budget_bytes=1) == 2  # one per device
     assert choose_chunk_size(1000, grid_size=32, num_devices=1, budget_bytes=30_000) == 16  # 2 × 16, not 30 + 2
     assert choose_chunk_size(1000, grid_size=33, num_devices=2, budget_bytes=30_000) == 18  # 2 × 18 (3 padded)
+    assert choose_chunk_size(1000, grid_size=256, budget_bytes=10**9, max_cells=64) == 64
+    assert choose_chunk_size(1000, grid_size=100, budget_bytes=10**9, max_cells=64) == 50  # 2 × 50
 
 
 def test_same_command_twice_writes_identical_results(tmp_path):
