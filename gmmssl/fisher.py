@@ -195,7 +195,7 @@ def sufficient_subspace(gmm: GMM, r: int) -> jax.Array:
     r = _check_r(r, gmm.dim)
     chol = gmm.chol
     nu = jsl.solve_triangular(chol, (gmm.means - gmm.mean).T, lower=True)  # (d, K)
-    covs = gmm.covs if hasattr(gmm, "covs") else jnp.broadcast_to(gmm.cov, (gmm.num_components,) + gmm.cov.shape)
+    covs = gmm.component_covs
     m = (nu * gmm.weights[None, :]) @ nu.T
     eye = jnp.eye(gmm.dim, dtype=chol.dtype)
     for k in range(gmm.num_components):  # a loop, not vmap: no batched LAPACK (see README)

@@ -143,6 +143,11 @@ class GMM:
         return self.chol @ self.chol.T
 
     @property
+    def component_covs(self) -> jax.Array:
+        """Each component's covariance, (K, d, d) (Σ repeated for a shared covariance)."""
+        return jnp.broadcast_to(self.cov, (self.num_components,) + self.cov.shape)
+
+    @property
     def mean(self) -> jax.Array:
         """μ̄ = Σ_k π_k μ_k, (d,)."""
         return self.weights @ self.means
@@ -222,6 +227,11 @@ class HeteroGMM(GMM):
     def covs(self) -> jax.Array:
         """Σ_k = L_k L_kᵀ, (K, d, d)."""
         return self.chols @ jnp.swapaxes(self.chols, -1, -2)
+
+    @property
+    def component_covs(self) -> jax.Array:
+        """Σ_k, (K, d, d)."""
+        return self.covs
 
     def noise(self, c, eps):
         """L_c ε per point, (n, d)."""

@@ -210,7 +210,7 @@ def bayes_log_posterior(z, gmm: GMM, a=None, *, jitter: float = 1e-6) -> jax.Arr
       z: (n, r) projected points (x A), or (n, d) points when ``a`` is None.
       a: (d, r) projector or None.
     """
-    covs = gmm.covs if hasattr(gmm, "covs") else jnp.broadcast_to(gmm.cov, (gmm.num_components,) + gmm.cov.shape)
+    covs = gmm.component_covs
     means = gmm.means
     if a is not None:
         _check_matrix("a", a)
