@@ -30,9 +30,13 @@ def timed(fn, *args, repeats: int = 5, warmup: int = 1) -> dict:
         t = time.perf_counter()
         jax.block_until_ready(compiled(*args))
         times.append(time.perf_counter() - t)
+    return {"compile_s": compile_s, **time_stats(times)}
+
+
+def time_stats(times) -> dict:
+    """median_s, iqr_s, min_s and repeats of a list of wall times (seconds)."""
     q1, med, q3 = np.percentile(times, [25, 50, 75])
-    return {"compile_s": compile_s, "median_s": float(med), "iqr_s": float(q3 - q1), "min_s": float(min(times)),
-            "repeats": repeats}
+    return {"median_s": float(med), "iqr_s": float(q3 - q1), "min_s": float(min(times)), "repeats": len(times)}
 
 
 def environment() -> dict:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.common import peak_rss_mb
+from benchmarks.common import peak_rss_mb, time_stats
 from gmmssl import losses
 from gmmssl.augment import sample_pairs
 from gmmssl.gmm import parallel_pancakes, random_gmm
@@ -56,10 +56,9 @@ def _grid_timed(gmm, cfg, g: int, repeats: int, budget_bytes: int | None, max_ce
         for i in range(num_chunks):
             jax.block_until_ready(compiled(keys[i], deltas[i]))
         times.append(time.perf_counter() - t)
-    q1, med, q3 = np.percentile(times, [25, 50, 75])
     # padding cells (num_chunks * chunk − g) are trained too; count only the g asked for
-    return {"compile_s": compile_s, "median_s": float(med), "iqr_s": float(q3 - q1), "repeats": repeats,
-            "chunk_size": chunk, "num_chunks": num_chunks, "cell_bytes_estimate": cell}
+    return {"compile_s": compile_s, **time_stats(times), "chunk_size": chunk, "num_chunks": num_chunks,
+            "cell_bytes_estimate": cell}
 
 
 def run(configs=("pancakes", "delta"), sizes=(1, 16, 256, 4096), loop_sizes=(1, 16), repeats: int = 3,

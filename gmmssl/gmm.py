@@ -212,7 +212,8 @@ class HeteroGMM(GMM):
         pooled_w = jnp.full((covs.shape[0],), 1.0 / covs.shape[0]) if w is None else w
         super().__init__(means, jnp.einsum("k,kij->ij", pooled_w.astype(covs.dtype), covs), weights)
         covs = covs.astype(self.means.dtype)
-        self.chols = jnp.linalg.cholesky(0.5 * (covs + jnp.swapaxes(covs, -1, -2)))
+        # one Cholesky per component, not a batched one (batched LAPACK can hang; see README)
+        self.chols = jnp.stack([jnp.linalg.cholesky(0.5 * (c + c.T)) for c in covs])
 
     @classmethod
     def from_cholesky(cls, means, chol, weights, chols=None):
@@ -246,9 +247,9 @@ def hetero_gmm(key, d: int, num_components: int, *, heterogeneity=0.5, separatio
     r"""A random heteroscedastic mixture that interpolates from a shared covariance.
 
     Starts from :func:`random_gmm` (centered means, shared Σ of the given condition number)
-    and gives component k the covariance :math:`\Sigma_k = (1-h)\,\Sigma + h\,U_k D_k U_k^\top` with a Haar-random
-    rotation U_k and a log-uniform spectrum D_k of the same condition number, rescaled to
-    Σ's trace. h = 0 is the shared-covariance mixture (the same draw for every h, so
+    and gives component k the covariance
+    :math:`\Sigma_k = (1-h)\,\Sigma + h\,U_k D_k U_k^\top` with a Haar-random rotation U_k
+    and a log-uniform spectrum D_k of the same condition number, rescaled to Σ's trace. h = 0 is the shared-covariance mixture (the same draw for every h, so
     curves over h are smooth); h = 1 gives unrelated covariances.
 
     Args:

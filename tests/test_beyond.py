@@ -122,7 +122,7 @@ def test_mlp_projector_trains_vmapped_and_compiles_once_per_architecture():
     assert out.params["mlp"]["layers"][1]["kernel"].shape == (3, 8, 8)
     assert "fisher_capture" not in out.history
     assert np.all(np.isfinite(np.asarray(out2.history["loss"])))
-    # the loss went down from the start
+    # the head maps the last hidden layer to r
     start = init_params(jax.random.PRNGKey(1), g, cfg)
     assert start["A"].shape == (8, 2)
 

@@ -25,10 +25,17 @@ def check_pair(z, z_pos, names=("z", "z_pos")):
     chex.assert_equal_shape([z, z_pos], custom_message=f"{names[0]} and {names[1]} must have the same (B, r) shape")
 
 
-def similarity_logits(z, z_pos, temperature, similarity: str):
-    """ℓ_ij = s(z_i, z⁺_j)/τ, (B, B)."""
+def similarity_inputs(z, z_pos, temperature, similarity: str):
+    """Checks τ and the similarity; returns (z, z⁺), rows normalized for "cosine", so that
+    s(z_i, z⁺_j) = z_i · z⁺_j."""
     check_choice("similarity", similarity, SIMILARITIES)
     check_range("temperature", temperature, 0.0, float("inf"), low_open=True, high_open=True)
     if similarity == "cosine":
         z, z_pos = normalize(z), normalize(z_pos)
+    return z, z_pos
+
+
+def similarity_logits(z, z_pos, temperature, similarity: str):
+    """ℓ_ij = s(z_i, z⁺_j)/τ, (B, B)."""
+    z, z_pos = similarity_inputs(z, z_pos, temperature, similarity)
     return (z @ z_pos.T) / temperature

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 from jax.nn import logsumexp
 
-from gmmssl._validate import check_choice, check_range
-from gmmssl.losses._common import SIMILARITIES, check_pair, normalize, similarity_logits
+from gmmssl._validate import check_range
+from gmmssl.losses._common import check_pair, similarity_inputs, similarity_logits
 
 
 @jax.custom_vjp
@@ -122,10 +122,7 @@ def infonce(z, z_pos, *, temperature=1.0, similarity: str = "dot", symmetric: bo
     """
     check_pair(z, z_pos)
     if z.shape[1] <= SMALL_RANK:  # the fused kernel; the same value and gradient (tested)
-        check_choice("similarity", similarity, SIMILARITIES)
-        check_range("temperature", temperature, 0.0, float("inf"), low_open=True, high_open=True)
-        if similarity == "cosine":
-            z, z_pos = normalize(z), normalize(z_pos)
+        z, z_pos = similarity_inputs(z, z_pos, temperature, similarity)
         a = z / temperature
         loss = low_rank_cross_entropy(a, z_pos)
         if symmetric:
