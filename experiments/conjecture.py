@@ -16,8 +16,9 @@ The premise: the positive pair carries class information, κ > 0, with κ = δ (
 S_F and a shared linear projector cannot use that).
 
 Predictions, stated before running: among the cells inside the premise the median
-deficit is below 1e-3 and the 95th percentile below 1e-2; the deficit shrinks during
-training (median ratio of final to half-way deficit below 1); re-running the largest
+deficit is below 1e-3 and the 95th percentile below 1e-2; the deficit keeps falling fast
+during training (median ratio of final to half-way deficit at most 0.5: any converging
+run shrinks it, so the ratio, not its sign, is the test); re-running the largest
 deficits longer shrinks each of them (median ratio below 0.5), and the largest deficit
 left after the longer runs is below 1e-2.
 """
@@ -184,8 +185,8 @@ def claims(run: Run) -> list:
     out = [results.claim(f"median deficit 1 − capture over {len(main)} mixtures with κ > {config['min_kappa']}",
                          np.median(deficits), "<=", 1e-3),
            results.claim("95th percentile of the deficit", np.quantile(deficits, 0.95), "<=", 1e-2),
-           results.claim("median ratio of final to half-way deficit (training shrinks it)",
-                         np.median([r["deficit"] / max(r["deficit_half"], 1e-300) for r in main]), "<=", 1.0)]
+           results.claim("median ratio of final to half-way deficit (the second half of training at least halves it)",
+                         np.median([r["deficit"] / max(r["deficit_half"], 1e-300) for r in main]), "<=", 0.5)]
     worst = max(main, key=lambda r: r["deficit"])
     out.append(results.claim(
         f"largest deficit found (seed {worst['seed']}, d={worst.get('d', config['d'])}, "

@@ -6,8 +6,12 @@ and with the batch size (a static axis).
 
 Predictions, stated before running: the SSL losses reach mean capture ≥ 0.95 at every
 δ ≥ 0.25, for each d, loss and batch size; they beat PCA's mean capture at every
-δ ≥ 0.25; at δ = 0.1 the deficit at the end of training is smaller than a quarter of the
-way through (training still shrinks it) and smaller with the larger batch.
+δ ≥ 0.25. At δ = 0.1, if the conjecture holds (the deficit 1 − capture tends to 0), the
+deficit keeps falling fast: the final mean deficit is at most half of the one a quarter
+of the way through training, and the larger batch (less sampling noise) leaves at most
+three quarters of the smaller batch's final deficit. (Ratios, not signs: any converging
+run shrinks its deficit, so "smaller" alone could not tell a vanishing deficit from a
+non-zero limit.)
 """
 from __future__ import annotations
 
@@ -52,7 +56,7 @@ def claims(run):
             quarter = 1.0 - np.mean([r["capture_at_quarter"] for r in low])
             final[title] = end
             out.append(results.claim(f"[{title}] {loss} at δ=0.1: final deficit / deficit at 1/4 of training",
-                                     end / max(quarter, 1e-12), "<=", 1.0))
+                                     end / max(quarter, 1e-12), "<=", 0.5))
     # the larger batch shrinks the final deficit at δ = 0.1
     for title, end in final.items():
         parts = dict(kv.split("=") for kv in title.split())
@@ -62,8 +66,8 @@ def claims(run):
                 other = " ".join(f"{k}={sizes[-1] if k == 'batch_size' else v}" for k, v in parts.items())
                 if other in final:
                     out.append(results.claim(f"[{title.replace(f'batch_size={sizes[0]}', '').strip()}] δ=0.1 final "
-                                             f"deficit, batch {sizes[-1]} minus batch {sizes[0]}",
-                                             final[other] - end, "<=", 0.0))
+                                             f"deficit, batch {sizes[-1]} / batch {sizes[0]}",
+                                             final[other] / max(end, 1e-12), "<=", 0.75))
     return out
 
 

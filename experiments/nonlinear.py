@@ -10,7 +10,11 @@ and the test accuracy of a linear probe (logistic regression fitted on half of t
 beside LDA's and PCA's projections, the untrained network ("init") and the Bayes
 optimum (the true posterior on x). Where the representation looks in the input space:
 the fraction of its Jacobian ∂z/∂x that acts on the Fisher subspace, averaged over data
-points (1: the Jacobian's row space lies in S_F; about m/d for a random map).
+points (1: the Jacobian's row space lies in S_F; about m/d for a random map), measured in
+coordinates whitened by the total covariance Σ_T (:func:`gmmssl.projectors.jacobian_energy`
+with ``cov``), so that it is invariant to linear changes of x, as S_F is. The Euclidean
+share, which depends on how x happens to be scaled, is reported beside it
+("jacobian_fisher_euclidean") but not judged.
 
 Predictions, stated before running: for every depth and both losses the MLP's linear
 probe is within 0.02 of LDA's and its k-means ARI within 0.05 of LDA's (mean over cells
@@ -19,6 +23,7 @@ with δ ≥ 0.5), and at least 0.9 of its Jacobian acts on the Fisher subspace.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from experiments._compare import mixture
@@ -28,7 +33,7 @@ from gmmssl.evaluate import cell_hparams
 from gmmssl.experiment import Experiment, Run
 from gmmssl.gmm import sample
 from gmmssl.sweep import Sweep, estimate_cell_bytes
-from gmmssl.train import TrainConfig, check_setup, init_params, train, validate_hparams
+from gmmssl.train import TrainConfig, check_setup, diverged, init_params, train, validate_hparams
 
 STATIC_KEYS = ("mixture", "d", "num_components", "r", "depth", "width", "activation", "loss", "batch_size", "steps")
 DEFAULTS = {
@@ -90,9 +95,10 @@ def build(config: dict) -> Sweep:
 
     def train_fn(cell, data):
         key = jax.random.split(jax.random.PRNGKey(cell["seed"]), 4)[0]
-        return train(key, data["gmm"], hp(cell), train_config).params
+        return train(key, data["gmm"], hp(cell), train_config)
 
-    def evaluate_fn(cell, data, params):
+    def evaluate_fn(cell, data, trained):
+        params = trained.params
         keys = jax.random.split(jax.random.PRNGKey(cell["seed"]), 4)
         gmm, basis = data["gmm"], data["fisher"]
         x_base, c_base = sample(keys[1], gmm, config["num_baseline"])
@@ -105,11 +111,17 @@ def build(config: dict) -> Sweep:
         out = {}
         for name, p in nets.items():
             z = projectors.embed(p, x, train_config.hidden, train_config.activation)
-            energy = projectors.jacobian_energy(p, x[:n_jac], basis, train_config.hidden, train_config.activation)
+            energy = [projectors.jacobian_energy(p, x[:n_jac], basis, train_config.hidden, train_config.activation,
+                                                 cov=cov) for cov in (gmm.total_cov, None)]
             out[name] = _readouts(keys[3], z, c, half, k, energy, bayes)
         for name, a in linear.items():
-            energy = projectors.jacobian_energy({"A": a}, x[:n_jac], basis)
+            energy = [projectors.jacobian_energy({"A": a}, x[:n_jac], basis, cov=cov) for cov in (gmm.total_cov, None)]
             out[name] = _readouts(keys[3], x @ a, c, half, k, energy, bayes)
+        failed = diverged(trained)
+        for name, scores in out.items():
+            scores["diverged"] = failed if name == config["loss"] else jnp.asarray(False)
+            if name == config["loss"]:
+                scores.update({m: jnp.where(failed, jnp.nan, v) for m, v in scores.items() if m != "diverged"})
         return {"metrics": out, "projectors": {config["loss"]: params, **linear}}
 
     return Sweep(train_fn, evaluate_fn, axes, estimate_cell_bytes(max(config["d"], width), config["r"],
@@ -120,7 +132,8 @@ def build(config: dict) -> Sweep:
 def _readouts(key, z, c, half, k, energy, bayes):
     probe = metrics.linear_probe_accuracy(z[:half], c[:half], z[half:], c[half:], k)
     return {"probe_accuracy": probe, "ari": metrics.kmeans_ari(key, z[half:], c[half:], k),
-            "jacobian_fisher": energy, "bayes_accuracy": bayes, "probe_gap_to_bayes": bayes - probe}
+            "jacobian_fisher": energy[0], "jacobian_fisher_euclidean": energy[1], "bayes_accuracy": bayes,
+            "probe_gap_to_bayes": bayes - probe}
 
 
 def _groups(run: Run):

@@ -37,7 +37,8 @@ def sample_pairs(key, gmm: GMM, n: int, delta, mode: str = "prior"):
       gmm: the mixture.
       n: number of pairs (static).
       delta: probability in [0, 1] that x⁺ comes from x's own component
-        (may be a traced scalar).
+        (may be a traced scalar: a concrete value out of range raises ValueError, a
+        traced one makes x and x⁺ NaN rather than act as the nearest valid δ).
       mode: "prior" or "other" (static).
 
     Returns:
@@ -68,4 +69,6 @@ def sample_pairs(key, gmm: GMM, n: int, delta, mode: str = "prior"):
     eps_pos = jax.random.normal(k_eps_pos, (n, gmm.dim), dtype=gmm.means.dtype)
     x = gmm.means[c] + gmm.noise(c, eps)
     x_pos = gmm.means[c_pos] + gmm.noise(c_pos, eps_pos)
+    valid = (delta >= 0.0) & (delta <= 1.0)  # False for NaN too
+    x, x_pos = jnp.where(valid, x, jnp.nan), jnp.where(valid, x_pos, jnp.nan)
     return x, x_pos, c.astype(jnp.int32), c_pos.astype(jnp.int32)

@@ -2,12 +2,23 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gmmssl")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def _parser():
     p = argparse.ArgumentParser(prog="gmmssl", description="Self-supervised learning on Gaussian mixtures.")
+    p.add_argument("--version", action="version", version=f"gmmssl {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the experiments")
     bench = sub.add_parser("bench", help="run the benchmarks (python -m benchmarks)")
@@ -15,19 +26,41 @@ def _parser():
     rep = sub.add_parser("report", help="gather results/*/ into docs/RESULTS.md and docs/open-questions.md")
     rep.add_argument("--results", default="results", help="folder holding one folder per experiment")
     rep.add_argument("--docs", default="docs", help="where RESULTS.md and figures/ go")
+    rep.add_argument("--partial", action="store_true",
+                     help="write the report even when some experiments have no finished results")
     run = sub.add_parser("run", help="run an experiment")
     run.add_argument("name", help="experiment name (see 'gmmssl list'), or 'all'")
     run.add_argument("--out", default=None, help="output folder (default results/NAME; for 'all', the parent)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value; lists are comma-separated (repeatable)")
-    run.add_argument("--strict", action="store_true", help="exit with status 1 when a claim fails")
+    run.add_argument("--strict", action="store_true",
+                     help="exit with status 1 when a claim fails (a run with diverged cells always exits 1)")
     run.add_argument("--resume", action="store_true",
                      help="reuse the finished chunks in --out (refused if its config differs)")
     run.add_argument("--chunk-size", type=int, default=None, metavar="N",
                      help="cells per compiled call (default: from the memory estimate)")
     run.add_argument("--budget-mb", type=float, default=None, metavar="MB",
-                     help="memory budget of one chunk (default: a quarter of the available memory)")
+                     help="memory budget of one chunk and of the held outputs (default: a quarter of the available "
+                          "memory)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace the results and chunks of another config in --out (never done without it)")
+    run.add_argument("--yes", action="store_true",
+                     help="run a grid whose held outputs exceed the budget or whose estimated time exceeds "
+                          "--max-hours")
+    run.add_argument("--max-hours", type=float, default=8.0, metavar="H",
+                     help="stop (keeping finished chunks) a grid estimated to take longer, unless --yes (default 8)")
     return p
+
+
+def _error(message) -> int:
+    print(f"gmmssl: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _os_error(err: OSError, out) -> str:
+    where = f" {err.filename}" if err.filename else ""
+    return (f"cannot write{where}: {err.strerror or err}; finished chunks in {out}/chunks are kept: free space "
+            f"or fix permissions, then rerun the same command")
 
 
 def main(argv=None) -> int:
@@ -47,8 +80,11 @@ def main(argv=None) -> int:
     if args.command == "report":
         from gmmssl.report import write_open_questions, write_report
 
-        print(f"wrote {write_report(args.results, args.docs)}")
-        print(f"wrote {write_open_questions(args.results, args.docs)}")
+        try:
+            print(f"wrote {write_report(args.results, args.docs, partial=args.partial)}")
+            print(f"wrote {write_open_questions(args.results, args.docs, partial=args.partial)}")
+        except ValueError as err:
+            return _error(err)
         return 0
 
     from gmmssl.experiment import parse_overrides, resolve_config, run_experiment
@@ -60,43 +96,80 @@ def main(argv=None) -> int:
         exp = experiments.get(args.name)
         overrides = parse_overrides(args.overrides)
         resolve_config(exp, overrides)
+        budget = _budget(args.budget_mb)
     except ValueError as err:
-        print(f"gmmssl: error: {err}", file=sys.stderr)
-        return 2
+        return _error(err)
     out = Path(args.out or Path("results") / args.name)
     print(f"gmmssl run {args.name} -> {out}/", flush=True)
     try:
         run = run_experiment(exp, out, overrides, progress=lambda line: print("  " + line, flush=True),
-                             resume=args.resume, chunk_size=args.chunk_size,
-                             budget_bytes=None if args.budget_mb is None else int(args.budget_mb * 2**20))
+                             resume=args.resume, chunk_size=args.chunk_size, budget_bytes=budget,
+                             overwrite=args.overwrite, confirm=args.yes, max_hours=args.max_hours)
     except ValueError as err:
-        print(f"gmmssl: error: {err}", file=sys.stderr)
-        return 2
+        return _error(err)
+    except OSError as err:
+        return _error(_os_error(err, out))
+    from gmmssl import results
+
     cells = sum(len(next(iter(p.grid.values()))) for p in run.parts)
     print(f"{cells} cells in {len(run.parts)} static configuration(s), {run.seconds:.1f}s "
           f"(compilation included)\n")
     print(exp.report(run))
+    invalid, diverged = results.invalid_rows(run.rows), results.count_diverged(run.rows)
+    if invalid:
+        print(f"\nWARNING: {len(invalid)} of {len(run.rows)} rows are invalid ({diverged} diverged: training left "
+              f"non-finite values); their metrics are NaN and no claim is scored (column 'diverged' of results.csv)")
     print("\nverdict:")
     for c in run.claims:
-        print(f"  [{'PASS' if c.passed else 'FAIL'}] {c.statement}: {c.measured:.4f} ({c.tolerance})")
+        scored = not c.note.startswith("not scored")
+        tag = ("PASS" if c.passed else "FAIL") if scored else "NOT SCORED"
+        note = f" [{c.note}]" if c.note and scored else ""
+        print(f"  [{tag}] {c.statement}: {c.measured:.4f} ({c.tolerance}){note}")
     print(f"\nwrote {out}/results.csv, config.json, projectors.npz, verdict.json and figures")
-    if args.strict and not all(c.passed for c in run.claims):
+    if invalid or (args.strict and not all(c.passed for c in run.claims)):
         return 1
     return 0
 
 
+def _budget(mb):
+    if mb is None:
+        return None
+    if not (math.isfinite(mb) and mb > 0):
+        raise ValueError(f"--budget-mb must be a positive finite number of MiB, got {mb!r}")
+    return int(mb * 2**20)
+
+
 def _run_all(args) -> int:
-    """Every experiment at its default size (``--set`` applies to the experiments that know the key)."""
+    """Every experiment at its default size (``--set`` applies to the experiments that know the key;
+    a key that none knows is refused)."""
     import time
 
     import experiments
+    from gmmssl.experiment import parse_overrides
 
     start = time.perf_counter()
     status = 0
+    try:
+        overrides = parse_overrides(args.overrides)
+    except ValueError as err:
+        return _error(err)
+    known_anywhere = set().union(*(set(e.defaults) | ({"scale"} if e.presets else set())
+                                   for e in experiments.REGISTRY.values()))
+    unknown = sorted(set(overrides) - known_anywhere)
+    if unknown:
+        return _error(f"--set {', '.join(unknown)}: no experiment knows this key; valid keys: "
+                      f"{', '.join(sorted(known_anywhere))}")
     for name in experiments.REGISTRY:
-        known = [o for o in args.overrides if o.split("=", 1)[0] in experiments.REGISTRY[name].defaults]
+        exp = experiments.REGISTRY[name]
+        known = [o for o in args.overrides if o.split("=", 1)[0].strip() in exp.defaults
+                 or (exp.presets and o.split("=", 1)[0].strip() == "scale")]
         sub = ["run", name, "--out", str(Path(args.out or "results") / name), *sum((["--set", o] for o in known), [])]
-        status = max(status, main(sub + (["--strict"] if args.strict else [])))
+        flags = [f for f, on in (("--strict", args.strict), ("--resume", args.resume), ("--overwrite", args.overwrite),
+                                 ("--yes", args.yes)) if on]
+        flags += ["--max-hours", str(args.max_hours)]
+        flags += [] if args.budget_mb is None else ["--budget-mb", str(args.budget_mb)]
+        flags += [] if args.chunk_size is None else ["--chunk-size", str(args.chunk_size)]
+        status = max(status, main(sub + flags))
     print(f"\nall experiments: {time.perf_counter() - start:.0f}s")
     return status
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from gmmssl import fisher, metrics
 from gmmssl.augment import sample_pairs
 from gmmssl.gmm import GMM, HeteroGMM, sample
-from gmmssl.train import HPARAM_RANGES, TrainConfig, init_params, train
+from gmmssl.train import HPARAM_RANGES, TrainConfig, diverged, init_params, train
 
 __all__ = ["METRICS", "cell_hparams", "evaluate_methods", "make_compare_cell", "score_projector"]
 
@@ -34,14 +34,18 @@ def score_projector(key, a, gmm: GMM, fisher_basis, x_eval, c_eval, *, kmeans_re
     """Every metric of one projector A (d, r) on held-out labelled points (x_eval, c_eval).
 
     "bayes_accuracy" is the accuracy of the Bayes-optimal classifier given xA, with the
-    mixture's true parameters (:func:`gmmssl.metrics.bayes_accuracy`).
+    mixture's true parameters (:func:`gmmssl.metrics.bayes_accuracy`). "effective_rank"
+    is the embedding's (singular values of z = xA, i.e. eigenvalues of AᵀΣ_T A), not A's:
+    see :func:`gmmssl.metrics.effective_rank`. "max_angle_deg" is the largest principal
+    angle between col(A) and S_F (over min(r, m) angles): 0 iff the smaller space lies in
+    the larger. A non-finite A gives NaN everywhere.
     """
     angles = metrics.principal_angles(a, fisher_basis)
     return {
         "fisher_capture": metrics.fisher_capture(a, fisher_basis),
         "fisher_efficiency": metrics.fisher_efficiency(a, gmm),
         "ari": metrics.kmeans_ari(key, x_eval @ a, c_eval, gmm.num_components, restarts=kmeans_restarts),
-        "effective_rank": metrics.effective_rank(a),
+        "effective_rank": metrics.effective_rank(a, gmm.total_cov),
         "max_angle_deg": jnp.degrees(angles[-1]),
         "bayes_accuracy": metrics.bayes_accuracy(x_eval, c_eval, gmm, a),
     }
@@ -60,7 +64,8 @@ def evaluate_methods(key, gmm: GMM, hparams: dict, config: TrainConfig, fisher_b
       learned: {method: (d, r) projector} trained for this cell.
 
     Returns:
-      {"metrics": {method: {metric: scalar}}, "projectors": {method: array}}.
+      {"metrics": {method: {metric: scalar}}, "projectors": {method: array}}
+      (metrics as in :func:`score_projector`).
       Methods: "pca" (r directions), "lda" (K−1), "oracle" (r directions, scaled by their
       canonical correlations) and the learned ones. Every method also gets
       "bayes_retained", its Bayes accuracy over the full data's. For a
@@ -111,7 +116,9 @@ def make_compare_cell(mixture_fn, config: TrainConfig, num_directions: int | Non
     :data:`gmmssl.train.HPARAM_RANGES` (the others keep their defaults), plus whatever
     mixture_fn reads. Outputs: "metrics" and "projectors" per method and the trainer's
     "history". Method "init" is the trainer's starting projector (random): the chance
-    reference.
+    reference. Every method gets "diverged" (True for the learned projector when its
+    training left non-finite values, :func:`gmmssl.train.diverged`; its metrics are then
+    NaN).
     """
 
     def prepare_fn(cell):
@@ -127,8 +134,12 @@ def make_compare_cell(mixture_fn, config: TrainConfig, num_directions: int | Non
         key = jax.random.PRNGKey(cell["seed"])
         gmm = data["gmm"]
         start = init_params(_keys(key)[0], gmm, config)["A"]
-        learned = {config.loss: trained.params["A"], "init": start}
+        failed = diverged(trained)
+        a = jnp.where(failed, jnp.nan, trained.params["A"])  # a diverged run scores NaN, never 0
+        learned = {config.loss: a, "init": start}
         out = evaluate_methods(key, gmm, cell_hparams(cell), config, data["fisher"], learned, **kwargs)
+        for name, scores in out["metrics"].items():
+            scores["diverged"] = failed if name == config.loss else jnp.asarray(False)
         out["metrics"][config.loss]["final_loss"] = trained.history["loss"][-1]
         capture = trained.history["fisher_capture"]
         out["metrics"][config.loss]["capture_at_quarter"] = capture[max(capture.shape[0] // 4 - 1, 0)]

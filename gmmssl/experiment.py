@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import itertools
 import json
+import math
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -223,61 +226,143 @@ def environment() -> dict:
     }
 
 
+OUTPUTS = ("results.csv", "projectors.npz", "config.json", "verdict.json")  # plus the figures (*.png)
+PENDING = ".pending.json"
+
+
+def run_digest(experiment_name: str, config: dict, numerics: dict) -> str:
+    """The identity of a run's results: experiment, resolved config and numerics
+    (float width, backend, library versions); stored in config.json and verdict.json."""
+    text = json.dumps({"experiment": experiment_name, "config": config, "numerics": numerics},
+                      sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _numerics(env: dict) -> dict:
+    return {k: env[k] for k in ("x64", "backend", "gmmssl", "jax", "jaxlib", "numpy")}
+
+
+def _jsonable_config(config: dict) -> dict:
+    return json.loads(json.dumps(config, default=list))
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    diffs = [] if old.get("experiment") == new["experiment"] else \
+        [f"experiment ({old.get('experiment')!r} -> {new['experiment']!r})"]
+    oc, nc = old.get("config", {}), new["config"]
+    diffs += [f"{k} ({oc.get(k, '<missing>')!r} -> {nc.get(k, '<missing>')!r})" for k in sorted(set(oc) | set(nc))
+              if oc.get(k) != nc.get(k)]
+    on, nn = old.get("numerics", {}), new["numerics"]
+    diffs += [f"{k} ({on.get(k, '<missing>')!r} -> {nn.get(k, '<missing>')!r})" for k in sorted(set(on) | set(nn))
+              if on.get(k) != nn.get(k)]
+    return diffs
+
+
+def _stored_identity(out_dir: Path) -> dict | None:
+    """What the folder holds: the pending run's identity, else the finished run's."""
+    for name in (PENDING, "config.json"):
+        path = out_dir / name
+        if path.exists():
+            try:
+                meta = json.loads(path.read_text())
+                return {"experiment": meta.get("experiment"), "config": meta.get("config", {}),
+                        "numerics": meta.get("numerics") or _numerics(meta["environment"])}
+            except (ValueError, KeyError, TypeError):
+                return {"experiment": None, "config": {}, "numerics": {}}
+    return None
+
+
+def _clear(out_dir: Path) -> None:
+    """Removes a previous run's outputs and chunks (``--overwrite``); the verdict first, so
+    a folder interrupted here never looks finished."""
+    for name in ("verdict.json", *OUTPUTS, PENDING):
+        (out_dir / name).unlink(missing_ok=True)
+    for fig in out_dir.glob("*.png"):
+        fig.unlink()
+    shutil.rmtree(out_dir / "chunks", ignore_errors=True)
+    shutil.rmtree(out_dir / ".staging", ignore_errors=True)
+
+
 def run_experiment(experiment: Experiment, out_dir, overrides: Mapping[str, Any] | None = None,
                    progress: Callable[[str], None] | None = None, resume: bool = False,
-                   chunk_size: int | None = None, budget_bytes: int | None = None) -> Run:
+                   chunk_size: int | None = None, budget_bytes: int | None = None, *, overwrite: bool = False,
+                   confirm: bool = False, max_hours: float = 8.0) -> Run:
     """Resolves the config, runs every static configuration's grid, writes the results.
 
     Everything is validated (every static configuration built) before anything compiles.
-    Files in ``out_dir``: config.json (written first: config, axes, environment; timing
-    added at the end), chunks/<static>/ (the sweep engine's chunk files, for --resume),
-    results.csv (tidy), projectors.npz (keys "method", or "static/method" when there are
-    static axes, plus the grid), figures, and verdict.json (each claim: statement,
-    measured, tolerance, passed).
+    Files in ``out_dir``: chunks/<static>/ (the sweep engine's chunk files, for resuming),
+    and, once the run is finished, swapped in together: results.csv (tidy; a
+    ``diverged`` column flags cells whose training went non-finite, their metrics NaN),
+    config.json (config, axes, environment, timing), projectors.npz (keys "method", or
+    "static/method" when there are static axes, plus the grid), figures, and
+    verdict.json (each claim: statement, measured, tolerance, passed, note; the count of
+    diverged cells), written last. config.json and verdict.json carry the same ``run``
+    digest; a folder whose two differ is not a finished run.
 
-    With ``resume=True`` finished chunks are reused; a folder written by a different
-    config is refused, naming the keys that differ.
+    Finished work is protected: a folder (locked while a run uses it) that holds another
+    experiment, config or numerics (float width, backend, library versions) is refused
+    unless ``overwrite``; one that holds the same config resumes from its stored chunks
+    (``resume`` says so explicitly; ``overwrite`` recomputes everything).
+
+    Limits (unless ``confirm``): a grid whose outputs held in memory exceed the budget, or
+    whose estimated time exceeds ``max_hours``, is stopped after its first chunks (kept).
     """
     config = resolve_config(experiment, overrides or {})
     if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) < 1):
         raise ValueError(f"--chunk-size must be a positive integer, got {chunk_size!r}")
-    if budget_bytes is not None and budget_bytes <= 0:
-        raise ValueError(f"--budget-mb must be positive, got {budget_bytes / 2**20:g}")
+    if budget_bytes is not None and not (math.isfinite(budget_bytes) and budget_bytes > 0):
+        raise ValueError(f"--budget-mb must be a positive finite number, got {budget_bytes / 2**20:g}")
+    if not (math.isfinite(max_hours) and max_hours > 0):
+        raise ValueError(f"--max-hours must be a positive finite number, got {max_hours!r}")
+    limits = {} if confirm else {"max_output_bytes": budget_bytes or sweep.default_budget_bytes(),
+                                 "max_seconds": max_hours * 3600.0}
     with jax.enable_x64(True) if experiment.x64 else contextlib.nullcontext():
-        return _run(experiment, config, Path(out_dir), progress, resume, chunk_size, budget_bytes)
+        return _run(experiment, config, Path(out_dir), progress, resume, overwrite, chunk_size, budget_bytes,
+                    limits)
 
 
-def _run(experiment, config, out_dir, progress, resume, chunk_size, budget_bytes) -> Run:
+def _run(experiment, config, out_dir, progress, resume, overwrite, chunk_size, budget_bytes, limits) -> Run:
     plans = [(static, cfg, experiment.build(cfg)) for static, cfg in static_configs(experiment, config)]
     _check_out_dir(out_dir)
-    config_path = out_dir / "config.json"
-    if resume and config_path.exists():
-        old = json.loads(config_path.read_text())
-        if old.get("experiment") != experiment.name:
-            raise ValueError(f"--resume: {out_dir} holds experiment {old.get('experiment')!r}, "
-                             f"not {experiment.name!r}")
-        new = json.loads(json.dumps(config, default=list))
-        diffs = [f"{k} ({old['config'].get(k)!r} -> {new.get(k)!r})" for k in sorted(set(old["config"]) | set(new))
-                 if old["config"].get(k) != new.get(k)]
-        if diffs:
-            raise ValueError(f"--resume: {out_dir} was written by a different config; differing: "
-                             + "; ".join(diffs))
-    meta = {"experiment": experiment.name, "config": config,
-            "static": [static for static, _, _ in plans],
-            "axes": {_tag(static): {k: list(v) for k, v in spec.axes.items()} for static, _, spec in plans},
-            "num_cells": sum(len(sweep.flatten_grid(spec.axes)[next(iter(spec.axes))]) for _, _, spec in plans),
-            "environment": environment()}
-    results.write_json(meta, config_path)
+    say = progress or (lambda line: None)
+    with results.folder_lock(out_dir):
+        env = environment()
+        identity = {"experiment": experiment.name, "config": _jsonable_config(config), "numerics": _numerics(env)}
+        digest = run_digest(experiment.name, identity["config"], identity["numerics"])
+        old = _stored_identity(out_dir)
+        if old is not None and not overwrite:
+            diffs = _differences(old, identity)
+            if diffs:
+                raise ValueError(f"{out_dir} holds the results of a different config; differing: "
+                                 + "; ".join(diffs) + ". Use --overwrite to replace them, or another --out")
+            if not resume:
+                say(f"{out_dir} holds this config's work: reusing its finished chunks "
+                    f"(--overwrite recomputes everything)")
+        if overwrite:
+            _clear(out_dir)
+        meta = {"experiment": experiment.name, "config": config, "run": digest, "numerics": identity["numerics"],
+                "static": [static for static, _, _ in plans],
+                "axes": {_tag(static): {k: list(v) for k, v in spec.axes.items()} for static, _, spec in plans},
+                "num_cells": sum(_size(spec) for _, _, spec in plans),
+                "environment": env}
+        results.write_json(meta, out_dir / PENDING)
+        return _execute(experiment, config, out_dir, progress, chunk_size, budget_bytes, limits, plans, meta)
+
+
+def _size(spec) -> int:
+    return len(next(iter(sweep.flatten_grid(spec.axes).values())))
+
+
+def _execute(experiment, config, out_dir, progress, chunk_size, budget_bytes, limits, plans, meta) -> Run:
     start = time.perf_counter()
     run = Run(config, [], [])
 
     def run_plans(plans):
         for static, cfg, spec in plans:
             tag = _tag(static)
-            grid, outputs = sweep.run_grid(spec, out_dir=out_dir / "chunks" / tag, resume=resume,
+            grid, outputs = sweep.run_grid(spec, out_dir=out_dir / "chunks" / tag, resume=True,
                                            fingerprint=cfg, progress=progress, chunk_size=chunk_size,
-                                           budget_bytes=budget_bytes,
-                                           label=f"{tag} " if static else "")
+                                           budget_bytes=budget_bytes, label=f"{tag} " if static else "", **limits)
             run.parts.append(Part(static, cfg, grid, outputs))
             run.rows.extend({**static, **row} for row in results.tidy_rows(grid, outputs["metrics"]))
 
@@ -286,22 +371,38 @@ def _run(experiment, config, out_dir, progress, resume, chunk_size, budget_bytes
         extra = experiment.followup(run)
         meta["static"] += [static for static, _, _ in extra]
         meta["axes"].update({_tag(static): {k: list(v) for k, v in spec.axes.items()} for static, _, spec in extra})
-        meta["num_cells"] += sum(len(sweep.flatten_grid(spec.axes)[next(iter(spec.axes))]) for _, _, spec in extra)
+        meta["num_cells"] += sum(_size(spec) for _, _, spec in extra)
         run_plans(extra)
     parts = run.parts
     run.seconds = seconds = time.perf_counter() - start
-    results.write_csv(run.rows, out_dir / "results.csv")  # written before anything that could fail
+    run.claims = results.guard_claims(experiment.claims(run), run.rows)
+
+    staging = out_dir / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    results.write_csv(run.rows, staging / "results.csv")
     arrays = {}
     for part in parts:
         prefix = f"{_tag(part.static)}/" if len(parts) > 1 else ""
         arrays.update(sweep.flatten_tree(part.outputs["projectors"], prefix))
         arrays.update({f"{prefix}grid_{k}": v for k, v in part.grid.items()})
-    np.savez_compressed(out_dir / "projectors.npz", **arrays)
-    results.write_json({**meta, "seconds": round(seconds, 3)}, config_path)
-    run.claims = experiment.claims(run)
-    experiment.figures(run, out_dir)
-    results.write_json({"experiment": experiment.name,
-                        "passed": all(c.passed for c in run.claims),
+    np.savez_compressed(staging / "projectors.npz", **arrays)
+    results.write_json({**meta, "seconds": round(seconds, 3)}, staging / "config.json")
+    experiment.figures(run, staging)
+    invalid = len(results.invalid_rows(run.rows))
+    results.write_json({"experiment": experiment.name, "run": meta["run"],
+                        "passed": all(c.passed for c in run.claims) and invalid == 0,
+                        "diverged_rows": results.count_diverged(run.rows), "invalid_rows": invalid,
+                        "num_rows": len(run.rows), "num_cells": meta["num_cells"],
                         "claims": [dataclasses.asdict(c) for c in run.claims]},
-                       out_dir / "verdict.json")
+                       staging / "verdict.json")
+    # swap the finished outputs in: the old verdict goes first and the new one comes last,
+    # so at no moment does the folder look finished with parts of two runs
+    (out_dir / "verdict.json").unlink(missing_ok=True)
+    for fig in out_dir.glob("*.png"):
+        fig.unlink()
+    for path in sorted(staging.iterdir(), key=lambda p: p.name == "verdict.json"):
+        os.replace(path, out_dir / path.name)
+    staging.rmdir()
+    (out_dir / PENDING).unlink(missing_ok=True)
     return run

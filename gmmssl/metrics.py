@@ -12,6 +12,11 @@ r"""How well a projector A (d, r) keeps the mixture's class structure.
 
 The numerical column space of A, Q_A, keeps the left singular vectors whose singular
 value exceeds ``rtol`` (default 1e-3) times the largest: collapsed columns do not count.
+
+Invalid input never scores: a projector or embedding with a NaN or infinite entry gives
+NaN (not 0), also under jit and vmap. When values are concrete, a basis that is not
+orthonormal and labels that are not integers in [0, K) are refused with ValueError;
+traced labels out of range give NaN.
 """
 from __future__ import annotations
 
@@ -20,7 +25,9 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jax import lax
 
-from gmmssl._validate import check_int
+import numpy as np
+
+from gmmssl._validate import check_int, is_concrete
 from gmmssl.gmm import GMM
 
 __all__ = [
@@ -28,6 +35,7 @@ __all__ = [
     "adjusted_rand_index",
     "bayes_accuracy",
     "bayes_log_posterior",
+    "check_orthonormal",
     "column_space",
     "effective_rank",
     "fisher_capture",
@@ -39,11 +47,52 @@ __all__ = [
 ]
 
 RTOL = 1e-3
+ORTHONORMAL_ATOL = 1e-3
 
 
 def _check_matrix(name, a):
     if jnp.ndim(a) != 2:
         raise ValueError(f"{name} must be a (d, r) matrix, got shape {jnp.shape(a)}")
+
+
+def _finite(*arrays):
+    ok = jnp.asarray(True)
+    for x in arrays:
+        ok &= jnp.all(jnp.isfinite(x))
+    return ok
+
+
+def _nan_unless(ok, value):
+    value = jnp.asarray(value)
+    dtype = value.dtype if jnp.issubdtype(value.dtype, jnp.floating) else jnp.result_type(float)
+    return jnp.where(ok, value.astype(dtype), jnp.nan)
+
+
+def check_orthonormal(name: str, basis, atol: float = ORTHONORMAL_ATOL) -> None:
+    """Raises ValueError when a concrete (d, m) ``basis`` does not have orthonormal
+    columns (max |FᵀF − I| > atol). Tracers pass (their values are unknown)."""
+    _check_matrix(name, basis)
+    if not is_concrete(basis):
+        return
+    f = np.asarray(basis, np.float64)
+    if not np.all(np.isfinite(f)):
+        return  # NaN in -> NaN out, not an error
+    err = float(np.max(np.abs(f.T @ f - np.eye(f.shape[1]))))
+    if err > atol:
+        raise ValueError(f"{name} must have orthonormal columns (FᵀF = I), got max |FᵀF − I| = {err:.3g}; "
+                         f"orthonormalize it (jnp.linalg.qr) or use gmmssl.fisher.fisher_subspace")
+
+
+def _check_labels(name, labels, num: int):
+    """Integer dtype always; values in [0, num) when concrete. Returns a traceable
+    'all in range' flag."""
+    if not jnp.issubdtype(jnp.asarray(labels).dtype, jnp.integer):
+        raise ValueError(f"{name} must be integers in [0, {num}), got dtype {jnp.asarray(labels).dtype}")
+    if is_concrete(labels):
+        arr = np.asarray(labels)
+        if arr.size and (arr.min() < 0 or arr.max() >= num):
+            raise ValueError(f"{name} must be in [0, {num}), got values from {arr.min()} to {arr.max()}")
+    return jnp.all((labels >= 0) & (labels < num))
 
 
 def column_space(a, rtol: float = RTOL):
@@ -66,7 +115,7 @@ def principal_angles(a, b) -> jax.Array:
     qa = jnp.linalg.svd(a, full_matrices=False)[0]
     qb = jnp.linalg.svd(b, full_matrices=False)[0]
     cos = jnp.linalg.svd(qa.T @ qb, compute_uv=False)
-    return jnp.arccos(jnp.clip(cos, -1.0, 1.0))  # cos descending -> angles ascending
+    return _nan_unless(_finite(a, b), jnp.arccos(jnp.clip(cos, -1.0, 1.0)))  # cos descending -> angles ascending
 
 
 def fisher_capture(a, fisher_basis, rtol: float = RTOL) -> jax.Array:
@@ -78,14 +127,18 @@ def fisher_capture(a, fisher_basis, rtol: float = RTOL) -> jax.Array:
       rtol: relative singular-value tolerance defining Q_A.
 
     Returns:
-      scalar in [0, 1]; 1 iff S_F ⊆ col(A).
+      scalar in [0, 1]; 1 iff S_F ⊆ col(A). NaN when A or the basis is not finite.
+
+    Raises:
+      ValueError: a concrete basis whose columns are not orthonormal (the ratio would
+        not be a fraction: ``fisher_capture(A, 3 F)`` would be 9).
     """
-    _check_matrix("fisher_basis", fisher_basis)
+    check_orthonormal("fisher_basis", fisher_basis)
     u, mask = column_space(a, rtol)
     if u.shape[0] != fisher_basis.shape[0]:
         raise ValueError(f"A {a.shape} and fisher_basis {fisher_basis.shape} must have the same d")
     proj = (u.T @ fisher_basis) * mask[:, None]
-    return jnp.sum(proj**2) / fisher_basis.shape[1]
+    return _nan_unless(_finite(a, fisher_basis), jnp.sum(proj**2) / fisher_basis.shape[1])
 
 
 def fisher_efficiency(a, gmm: GMM, rtol: float = RTOL) -> jax.Array:
@@ -103,16 +156,24 @@ def fisher_efficiency(a, gmm: GMM, rtol: float = RTOL) -> jax.Array:
     n = q.T @ gmm.between_scatter @ q
     kept = jnp.trace(jnp.linalg.solve(m, n))
     total = jnp.trace(jsl.cho_solve((gmm.chol, True), gmm.between_scatter))
-    return kept / total
+    return _nan_unless(_finite(a), kept / total)
 
 
-def effective_rank(a) -> jax.Array:
-    r"""exp of the entropy of the normalized singular values of A: 1 (rank one) … r (all equal)."""
+def effective_rank(a, cov=None) -> jax.Array:
+    r"""exp of the entropy of the normalized singular values: 1 (rank one) … r (all equal).
+
+    With ``cov`` None, the singular values of A itself. With ``cov`` (d, d) the covariance
+    of x (Σ_T for the embedding's spread), the singular values of the *embedding* z = xA:
+    the square roots of the eigenvalues of AᵀΣA (computed as those of LᵀA, Σ = LLᵀ). The
+    two differ when the data are anisotropic: a column of A along a low-variance
+    direction of x looks full in A and is nearly collapsed in the embedding.
+    """
     _check_matrix("A", a)
-    s = jnp.linalg.svd(a, compute_uv=False)
+    m = a if cov is None else jnp.linalg.cholesky(cov).T @ a
+    s = jnp.linalg.svd(m, compute_uv=False)
     p = s / jnp.maximum(jnp.sum(s), jnp.finfo(s.dtype).tiny)
     ent = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
-    return jnp.exp(ent)
+    return _nan_unless(_finite(a), jnp.exp(ent))
 
 
 def _sq_dists(x, centers):
@@ -159,6 +220,8 @@ def kmeans(key, x, k: int, *, restarts: int = 4, iters: int = 50):
     iters = check_int("iters", iters, low=1)
     if jnp.ndim(x) != 2:
         raise ValueError(f"x must be (n, p), got shape {jnp.shape(x)}")
+    if k > x.shape[0]:
+        raise ValueError(f"k must be at most the number of points n = {x.shape[0]}, got k = {k}")
     labels, centers, inertia = jax.vmap(lambda kk: _kmeans_once(kk, x, k, iters))(
         jax.random.split(key, restarts))
     best = jnp.argmin(inertia)
@@ -172,12 +235,17 @@ def _comb2(n):
 def adjusted_rand_index(labels_true, labels_pred, num_true: int, num_pred: int) -> jax.Array:
     """Adjusted Rand index (Hubert and Arabie), as scikit-learn's ``adjusted_rand_score``.
 
-    Labels must be ints in [0, num_true) and [0, num_pred) (static counts).
+    Labels must be integers in [0, num_true) and [0, num_pred) (static counts): a float
+    dtype, or concrete values out of range, raise ValueError; traced values out of range
+    give NaN (one-hot encoding would silently drop them).
     """
     if jnp.shape(labels_true) != jnp.shape(labels_pred) or jnp.ndim(labels_true) != 1:
         raise ValueError(
             f"labels_true and labels_pred must be 1-D of equal length, got "
             f"{jnp.shape(labels_true)} and {jnp.shape(labels_pred)}")
+    num_true = check_int("num_true", num_true, low=1)
+    num_pred = check_int("num_pred", num_pred, low=1)
+    ok = _check_labels("labels_true", labels_true, num_true) & _check_labels("labels_pred", labels_pred, num_pred)
     dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
     a = jax.nn.one_hot(labels_true, num_true, dtype=dtype)
     b = jax.nn.one_hot(labels_pred, num_pred, dtype=dtype)
@@ -189,13 +257,14 @@ def adjusted_rand_index(labels_true, labels_pred, num_true: int, num_pred: int) 
     expected = sum_a * sum_b / jnp.maximum(_comb2(n), 1.0)
     max_index = 0.5 * (sum_a + sum_b)
     denom = max_index - expected
-    return jnp.where(denom == 0, 1.0, (index - expected) / jnp.where(denom == 0, 1.0, denom))
+    return _nan_unless(ok, jnp.where(denom == 0, 1.0, (index - expected) / jnp.where(denom == 0, 1.0, denom)))
 
 
 def kmeans_ari(key, z, labels, k: int, *, restarts: int = 4, iters: int = 50) -> jax.Array:
-    """k-means (k clusters) on embeddings z (n, p), scored by ARI against labels in [0, k)."""
+    """k-means (k clusters) on embeddings z (n, p), scored by ARI against labels in [0, k);
+    NaN when z is not finite."""
     pred, _, _ = kmeans(key, z, k, restarts=restarts, iters=iters)
-    return adjusted_rand_index(labels, pred, k, k)
+    return _nan_unless(_finite(z), adjusted_rand_index(labels, pred, k, k))
 
 
 def bayes_log_posterior(z, gmm: GMM, a=None, *, jitter: float = 1e-6) -> jax.Array:
@@ -231,7 +300,7 @@ def bayes_accuracy(x, labels, gmm: GMM, a=None) -> jax.Array:
     """Accuracy of the Bayes-optimal classifier on (x, labels), given the projection xA
     (the full data when ``a`` is None); see :func:`bayes_log_posterior`."""
     z = x if a is None else x @ a
-    return jnp.mean(jnp.argmax(bayes_log_posterior(z, gmm, a), axis=1) == labels)
+    return _nan_unless(_finite(z), jnp.mean(jnp.argmax(bayes_log_posterior(z, gmm, a), axis=1) == labels))
 
 
 def linear_probe_accuracy(z_train, c_train, z_test, c_test, num_classes: int, *, steps: int = 300,
@@ -261,4 +330,4 @@ def linear_probe_accuracy(z_train, c_train, z_test, c_test, num_classes: int, *,
     params = lax.fori_loop(0, steps, lambda _, p: jax.tree.map(lambda v, g: v - learning_rate * g, p,
                                                                jax.grad(loss)(p)), params)
     w, b = params
-    return jnp.mean(jnp.argmax(f_test @ w + b, axis=1) == c_test)
+    return _nan_unless(_finite(z_train, z_test), jnp.mean(jnp.argmax(f_test @ w + b, axis=1) == c_test))

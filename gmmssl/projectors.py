@@ -70,18 +70,30 @@ def embed(params: dict, x, hidden: Sequence[int] = (), activation: str = "gelu")
     return x @ params["A"]
 
 
-def jacobian_energy(params: dict, x, basis, hidden: Sequence[int] = (), activation: str = "gelu"):
+def jacobian_energy(params: dict, x, basis, hidden: Sequence[int] = (), activation: str = "gelu", cov=None):
     r"""Mean over the points of :math:`\|J(x)F\|_F^2 / \|J(x)\|_F^2`, the fraction of the
     embedding's Jacobian J(x) = ∂z/∂x (r×d) that acts on the subspace with orthonormal
     basis F (d, m): 1 when J's row space lies in span(F), m/d on average for a random J.
 
-    For a linear projector J = Aᵀ everywhere. No linear algebra (so it vmaps freely).
+    With ``cov`` (d, d) (the data's covariance, Σ_T), the fraction is taken in whitened
+    coordinates y = L⁻¹x (Σ_T = LLᵀ): J becomes JL and the subspace LᵀS_F (orthonormalized).
+    That version is invariant to any invertible linear change of x, as S_F itself is;
+    the Euclidean one (``cov`` None) is not: it depends on how x is scaled along
+    directions. For a linear projector J = Aᵀ everywhere.
 
     Args:
-      x: (n, d) points; basis: (d, m) orthonormal.
+      x: (n, d) points; basis: (d, m) orthonormal; cov: optional (d, d) covariance.
     """
+    if cov is not None:
+        chol = jnp.linalg.cholesky(cov)
+        basis = jnp.linalg.qr(chol.T @ basis)[0]
+    else:
+        chol = None
+
     def one(point):
         jac = jax.jacfwd(lambda p: embed(params, p[None, :], hidden, activation)[0])(point)  # (r, d)
+        if chol is not None:
+            jac = jac @ chol
         return jnp.sum((jac @ basis) ** 2) / jnp.maximum(jnp.sum(jac ** 2), 1e-30)
 
     return jnp.mean(jax.vmap(one)(x))

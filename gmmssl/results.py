@@ -5,19 +5,54 @@ metric as columns, so ``pandas.read_csv("results.csv")`` gives a tidy frame.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import fcntl
 import io
 import json
 import math
 import os
+import socket
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Claim", "atomic_write", "claim", "format_table", "read_csv", "summarize",
-           "tidy_rows", "write_csv", "write_json"]
+__all__ = ["Claim", "FolderInUse", "atomic_write", "claim", "count_diverged", "folder_lock", "format_table",
+           "guard_claims", "invalid_rows", "read_csv", "summarize", "tidy_rows", "write_csv", "write_json"]
+
+
+class FolderInUse(ValueError):
+    """Another process holds the folder's lock."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder):
+    """Holds an exclusive lock on ``folder`` (its ``.lock`` file, ``fcntl.flock``) for the
+    block; a second holder gets :class:`FolderInUse` at once, naming the first. The
+    operating system releases the lock when its process dies, so a killed run leaves
+    no stale lock."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    f = open(folder / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise FolderInUse(f"{folder} is in use by another gmmssl run ({holder}); wait for it to finish "
+                          f"or choose another --out") from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
 
 
 def atomic_write(path, data: bytes | str) -> None:
@@ -126,7 +161,7 @@ def summarize(rows: list[dict], by: tuple[str, ...], metrics: tuple[str, ...]) -
         s = dict(zip(by, key), n=len(members))
         for m in metrics:
             vals = np.array([r[m] for r in members if r.get(m) is not None], dtype=float)
-            if vals.size:
+            if vals.size:  # NaN (a diverged or invalid cell) propagates to every statistic
                 s[m + "_mean"] = float(vals.mean())
                 s[m + "_std"] = float(vals.std())
                 s[m + "_min"] = float(vals.min())
@@ -164,6 +199,7 @@ class Claim:
     measured: float
     tolerance: str
     passed: bool
+    note: str = ""
 
 
 _OPS = {"<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b}
@@ -173,4 +209,35 @@ def claim(statement: str, measured: float, op: str, bound: float) -> Claim:
     """A :class:`Claim` that ``measured op bound`` (op is "<=" or ">="); NaN fails."""
     measured = float(measured)
     passed = (not math.isnan(measured)) and bool(_OPS[op](measured, bound))
-    return Claim(statement, measured, f"{op} {bound:g}", passed)
+    return Claim(statement, measured, f"{op} {bound:g}", passed,
+                 "" if not math.isnan(measured) else "measured NaN: no valid cells")
+
+
+def count_diverged(rows: list[dict]) -> int:
+    """Rows flagged ``diverged`` (training left non-finite parameters or losses)."""
+    return sum(1 for r in rows if r.get("diverged"))
+
+
+def invalid_rows(rows: list[dict]) -> list[dict]:
+    """Rows that are flagged diverged or hold a NaN or infinite metric."""
+    def bad(r):
+        return r.get("diverged") or any(isinstance(v, float) and not math.isfinite(v) for v in r.values())
+
+    return [r for r in rows if bad(r)]
+
+
+def guard_claims(claims: list[Claim], rows: list[dict]) -> list[Claim]:
+    """Fails every claim of a grid with diverged or invalid (NaN) rows, saying why.
+
+    The claims are aggregates over the grid's cells (means, worst cases); a grid holding
+    a cell without valid numbers has no valid aggregate, so none is scored. The measured
+    values are kept for inspection."""
+    bad = invalid_rows(rows)
+    if not bad:
+        return claims
+    diverged = count_diverged(rows)
+    detail = [f"{diverged} diverged"] if diverged else []
+    detail += [f"{len(bad) - diverged} with NaN or infinite metrics"] if len(bad) > diverged else []
+    why = (f"not scored: {len(bad)} of {len(rows)} rows are invalid ({', '.join(detail)}); "
+           f"see the diverged column of results.csv")
+    return [dataclasses.replace(c, passed=False, note=why) for c in claims]

@@ -30,31 +30,46 @@ Across hosts the same code runs after ``jax.distributed.initialize()``: the mesh
 spans every host's devices, outputs are gathered with ``process_allgather`` and only
 process 0 writes files.
 
-Resumability: each finished chunk is written atomically (temporary file, then rename) to
-``chunk_NNNNN.npz`` in the output folder, beside ``sweep.json`` (the grid, the chunk
-size and the caller's fingerprint). With ``resume=True`` finished chunks are loaded, not
-recomputed; a fingerprint that differs is refused, naming the keys that differ.
+Storage and resumability: each finished chunk is written atomically (temporary file,
+then rename) to ``chunk_<first>-<end>.npz`` in the output folder. Beside its outputs it
+holds the indices of the grid cells it covers and a digest of :func:`store_fingerprint`
+(the grid axes, the caller's config, the float width, the backend and the library
+versions); ``sweep.json`` holds the fingerprint itself. With ``resume=True`` a stored
+cell is reused only when its file is readable, carries this digest, and its name, its
+cell index and its arrays agree; anything else is set aside (``*.rejected``, one line
+naming it) and recomputed, never loaded onto other cells. Resuming with another chunk
+size or device count reuses every cell whose chunk is fully stored. A folder written
+under another fingerprint is refused with ``resume``, naming what differs; without
+``resume`` or ``overwrite`` a folder holding chunks is refused.
+
+Limits: a chunk size above the grid is clamped to it, one whose memory estimate exceeds
+the budget is refused; ``max_output_bytes`` and ``max_seconds`` stop (with
+:class:`GridTooLarge`, keeping the finished chunks) a grid whose outputs or time would
+exceed them, measured on its first chunks.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import itertools
 import json
 import math
+import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from gmmssl._validate import check_range
 from gmmssl.results import atomic_write
 
-__all__ = ["Sweep", "choose_chunk_size", "default_budget_bytes", "estimate_cell_bytes", "flatten_grid",
-           "run_grid"]
+__all__ = ["GridTooLarge", "Sweep", "choose_chunk_size", "default_budget_bytes", "estimate_cell_bytes", "flatten_grid",
+           "run_grid", "store_fingerprint"]
 
 
 def _no_data(cell):
@@ -63,14 +78,16 @@ def _no_data(cell):
 
 @dataclasses.dataclass(frozen=True)
 class Sweep:
-    """A grid to run: the phases of a cell, the dynamic axes, and the estimated memory of
-    one cell (bytes; see :func:`estimate_cell_bytes`)."""
+    """A grid to run: the phases of a cell, the dynamic axes, the estimated memory of
+    one cell (bytes; see :func:`estimate_cell_bytes`) and the valid range of axes the
+    trainer does not know: {name: (low, high, low_open, high_open)}."""
 
     train_fn: Callable[[dict, Any], Any]
     evaluate_fn: Callable[[dict, Any, Any], dict]
     axes: dict
     cell_bytes: int = 1 << 20
     prepare_fn: Callable[[dict], Any] = _no_data
+    ranges: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
 
 
 def estimate_cell_bytes(d: int, r: int, batch_size: int, *, num_param_matrices: int = 1,
@@ -149,8 +166,8 @@ def flatten_tree(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
     out = {}
     for k, v in tree.items():
         key = f"{prefix}{k}"
-        if "/" in str(k):
-            raise ValueError(f"output key {k!r} must not contain '/'")
+        if "/" in str(k) or str(k).startswith("#"):
+            raise ValueError(f"output key {k!r} must not contain '/' or start with '#'")
         if isinstance(v, dict):
             out.update(flatten_tree(v, key + "/"))
         else:
@@ -193,51 +210,183 @@ def _bar(done: int, total: int, width: int = 20) -> str:
     return "#" * filled + "." * (width - filled)
 
 
-def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, fingerprint: dict | None = None,
-             chunk_size: int | None = None, budget_bytes: int | None = None,
+class GridTooLarge(ValueError):
+    """A grid whose held outputs or estimated time exceed the caller's limits."""
+
+
+_CELLS, _KEY = "#cells", "#key"  # reserved entries of a chunk file (output keys cannot start with "#")
+
+
+def store_fingerprint(axes: dict, fingerprint: dict | None = None) -> dict:
+    """What a stored chunk must match to be reused: the grid axes, the caller's fingerprint
+    (the resolved config), and what changes the numbers beside them: the float width,
+    the backend and the library versions."""
+    import jaxlib
+
+    import gmmssl
+
+    return {"axes": _jsonable({k: list(v) for k, v in axes.items()}),
+            "fingerprint": _jsonable(fingerprint or {}),
+            "numerics": {"x64": bool(jax.config.jax_enable_x64), "backend": jax.default_backend(),
+                         "jax": jax.__version__, "jaxlib": jaxlib.__version__, "numpy": np.__version__,
+                         "gmmssl": gmmssl.__version__}}
+
+
+def _digest(manifest: dict) -> str:
+    text = json.dumps({k: manifest[k] for k in ("axes", "fingerprint", "numerics")}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _chunk_name(lo: int, hi: int) -> str:
+    return f"chunk_{lo:09d}-{hi:09d}.npz"
+
+
+def _write_chunk(out: Path, lo: int, hi: int, flat: dict, key: str) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **flat, **{_CELLS: np.arange(lo, hi), _KEY: np.asarray(key)})
+    atomic_write(out / _chunk_name(lo, hi), buf.getvalue())
+
+
+def _read_chunk(path: Path, key: str, size: int):
+    """(cells, flat outputs) of a stored chunk, or (None, reason) when it cannot be used."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            flat = {k: np.array(data[k]) for k in data.files}  # read everything: CRC errors surface here
+    except Exception as err:  # noqa: BLE001 - any unreadable file is recomputed, never trusted
+        return None, f"unreadable ({type(err).__name__}: {err})"
+    cells, stored_key = flat.pop(_CELLS, None), flat.pop(_KEY, None)
+    if cells is None or stored_key is None:
+        return None, "written by an older gmmssl (no cell index or fingerprint)"
+    if str(stored_key) != key:
+        return None, "written by another grid, config or library version"
+    if cells.ndim != 1 or cells.size == 0 or cells.min() < 0 or cells.max() >= size \
+            or len(np.unique(cells)) != cells.size:
+        return None, "its cell index is invalid for this grid"
+    if path.name != _chunk_name(int(cells[0]), int(cells[-1]) + 1) or \
+            not np.array_equal(cells, np.arange(cells[0], cells[-1] + 1)):
+        return None, "misplaced: its name does not match the cells it holds"
+    if any(v.shape[:1] != cells.shape for v in flat.values()):
+        return None, "its arrays do not have one row per cell"
+    return cells, flat
+
+
+def _load_finished(out: Path, key: str, size: int, say: Callable[[str], None]):
+    """{cell: (flat, row)} of every usable stored cell; unusable files are set aside as
+    ``*.rejected`` (kept for inspection, never loaded) with one line each."""
+    have: dict[int, tuple[dict, int]] = {}
+    reference = None
+    for path in sorted(out.glob("chunk_*.npz")):
+        cells, flat = _read_chunk(path, key, size)
+        if cells is not None:
+            layout = {k: (v.dtype.str, v.shape[1:]) for k, v in flat.items()}
+            reference = layout if reference is None else reference
+            if layout != reference:
+                cells, flat = None, "its outputs differ in names, shapes or dtypes from the other chunks"
+        if cells is None:
+            say(f"{path}: {flat}; set aside as {path.name}.rejected, its cells are recomputed")
+            os.replace(path, path.with_name(path.name + ".rejected"))
+            continue
+        for row, cell in enumerate(cells.tolist()):
+            have[cell] = (flat, row)
+    return have
+
+
+def _validate_axes(axes: dict, ranges: dict) -> None:
+    for name, values in axes.items():
+        arr = np.asarray(list(values))
+        if arr.dtype.kind not in "iufb":
+            raise ValueError(f"axis {name!r} must hold numbers, got {list(values)[:3]!r}")
+        if not np.all(np.isfinite(arr.astype(np.float64))):
+            raise ValueError(f"axis {name!r} must hold finite numbers, got {list(values)!r}")
+        if name == "seed" and (arr.dtype.kind not in "iu" or np.any(arr < 0)):
+            raise ValueError(f"axis 'seed' must hold non-negative integers, got {list(values)!r}")
+        if name in ranges:
+            low, high, low_open, high_open = ranges[name]
+            check_range(name, arr, low, high, low_open=low_open, high_open=high_open)
+
+
+def _hparam_ranges() -> dict:
+    from gmmssl.train import HPARAM_RANGES
+
+    return {n: (lo, hi, lo_open, hi == float("inf")) for n, (_, lo, hi, lo_open) in HPARAM_RANGES.items()}
+
+
+def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool = False,
+             fingerprint: dict | None = None, chunk_size: int | None = None, budget_bytes: int | None = None,
+             max_output_bytes: int | None = None, max_seconds: float | None = None,
              progress: Callable[[str], None] | None = None, label: str = ""):
-    """Runs both phases of ``spec`` on every cell of its grid.
+    """Runs the phases of ``spec`` on every cell of its grid.
 
     Args:
       spec: the :class:`Sweep`.
       out_dir: folder for the chunk files and sweep.json (None: keep everything in memory).
-      resume: load finished chunks from ``out_dir`` instead of recomputing them.
-      fingerprint: JSON-able description of what produced the grid (the resolved config);
-        a resume under a different fingerprint raises ValueError naming the keys.
-      chunk_size: cells per compiled call (default: from the memory estimate and budget).
+      resume: reuse the stored chunks in ``out_dir`` that match this grid (checked cell by
+        cell; see the module docstring); a folder written by another fingerprint is refused.
+      overwrite: delete the stored chunks of ``out_dir`` first. Without ``resume`` or
+        ``overwrite`` a folder holding chunks is refused (finished work is never deleted
+        by mistake).
+      fingerprint: JSON-able description of what produced the grid (the resolved config).
+      chunk_size: cells per compiled call (default: from the memory estimate and budget;
+        clamped to the grid; refused when the estimate exceeds the budget).
       budget_bytes: memory budget for one chunk (default :func:`default_budget_bytes`).
-      progress: callback receiving one line per finished chunk (chunks done, cells/s, ETA).
+      max_output_bytes, max_seconds: refuse (:class:`GridTooLarge`, after the chunks that
+        measured it, which stay stored) a grid whose outputs, held in memory, or whose
+        estimated time exceed these; None: no limit.
+      progress: callback receiving one line per finished chunk (chunks done, cells/s, ETA)
+        and one per stored chunk that could not be used.
       label: prefix of the progress lines (the static configuration).
+
+    Axis values are checked before anything is traced: numbers, finite; "seed" a
+    non-negative integer; the trainer's hyper-parameters (:data:`gmmssl.train.HPARAM_RANGES`)
+    and ``spec.ranges`` within their ranges.
 
     Returns:
       (grid, outputs): grid is {axis: (G,) numpy array}; outputs is evaluate_fn's nested
       dict with a leading (G,) axis, as numpy arrays.
     """
+    say = progress or (lambda line: None)
+    _validate_axes(spec.axes, {**_hparam_ranges(), **dict(spec.ranges)})
     grid = flatten_grid(spec.axes)
     size = len(next(iter(grid.values())))
     devices = jax.devices()
     num_devices = len(devices)
-    manifest = {"axes": _jsonable({k: list(v) for k, v in spec.axes.items()}),
-                "fingerprint": _jsonable(fingerprint or {})}
+    budget = default_budget_bytes() if budget_bytes is None else budget_bytes
+    if chunk_size is not None:
+        chunk_size = min(int(chunk_size), math.ceil(size / num_devices) * num_devices)  # no more than the grid
+        if chunk_size * spec.cell_bytes > budget:
+            raise ValueError(f"--chunk-size {chunk_size} needs about {chunk_size * spec.cell_bytes / 2**20:.0f} MiB "
+                             f"by the memory estimate, above the budget of {budget / 2**20:.0f} MiB "
+                             f"(--budget-mb); choose a smaller chunk or a larger budget")
+    manifest = store_fingerprint(spec.axes, fingerprint)
+    key = _digest(manifest)
     out = Path(out_dir) if out_dir is not None else None
+    have: dict = {}
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob(".*.tmp"):
             stale.unlink()
         path = out / "sweep.json"
-        if resume and path.exists():
-            old = json.loads(path.read_text())
-            if old["fingerprint"] != manifest["fingerprint"] or old["axes"] != manifest["axes"]:
-                diffs = _diff_keys(old["fingerprint"], manifest["fingerprint"])
-                diffs += [] if old["axes"] == manifest["axes"] else ["the grid axes"]
-                raise ValueError(f"--resume: {out} was written by a different config; differing: "
-                                 + "; ".join(diffs))
-            chunk_size = old["chunk_size"]
-        elif not resume:
-            for old_chunk in out.glob("chunk_*.npz"):
+        stored = list(out.glob("chunk_*.npz"))
+        if overwrite:
+            for old_chunk in stored:
                 old_chunk.unlink()
+        elif resume:
+            if path.exists():
+                old = json.loads(path.read_text())
+                if _digest({k: old.get(k) for k in ("axes", "fingerprint", "numerics")}) != key:
+                    diffs = _diff_keys(old.get("fingerprint", {}), manifest["fingerprint"])
+                    diffs += _diff_keys(old.get("numerics", {}), manifest["numerics"])
+                    diffs += [] if old.get("axes") == manifest["axes"] else ["the grid axes"]
+                    raise ValueError(f"--resume: {out} was written by a different config; differing: "
+                                     + ("; ".join(diffs) or "the stored fingerprint"))
+                if chunk_size is None and old.get("chunk_size", 0) % num_devices == 0:
+                    chunk_size = old["chunk_size"]
+            have = _load_finished(out, key, size, say)
+        elif stored:
+            raise ValueError(f"{out} holds {len(stored)} finished chunk(s); resume them (--resume) or "
+                             f"replace them (--overwrite)")
     if chunk_size is None:
-        chunk_size = choose_chunk_size(spec.cell_bytes, size, num_devices, budget_bytes,
+        chunk_size = choose_chunk_size(spec.cell_bytes, size, num_devices, budget,
                                        max_cells=CPU_MAX_CHUNK if jax.default_backend() == "cpu" else None)
     chunk = max(num_devices, (int(chunk_size) // num_devices) * num_devices)
     if out is not None:
@@ -264,19 +413,23 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, fingerprint: di
         return jax.jit(mapped)
 
     prepare = per_cell(spec.prepare_fn)
-    evaluate_chunk = per_cell(lambda c, d, t: _as_dict(spec.evaluate_fn(c, d, t)))
-    evaluate = evaluate_chunk
+    evaluate = per_cell(lambda c, d, t: _as_dict(spec.evaluate_fn(c, d, t)))
     num_chunks = math.ceil(size / chunk)
     pieces = []
     start_time = time.perf_counter()
     computed = 0
+    computed_chunks = 0
+    names = set()
     for i in range(num_chunks):
         lo, hi = i * chunk, min((i + 1) * chunk, size)
-        chunk_file = out / f"chunk_{i:05d}.npz" if out is not None else None
-        if resume and chunk_file is not None and chunk_file.exists():
-            with np.load(chunk_file) as data:
-                pieces.append(_unflatten({k: data[k] for k in data.files}))
+        names.add(_chunk_name(lo, hi))
+        if all(c in have for c in range(lo, hi)):
+            first = have[lo][0]
+            flat = {k: np.stack([have[c][0][k][have[c][1]] for c in range(lo, hi)]) for k in first}
+            if not (out / _chunk_name(lo, hi)).exists() and jax.process_index() == 0:
+                _write_chunk(out, lo, hi, flat, key)  # stored under another layout: keep it under this one
         else:
+            chunk_start = time.perf_counter()
             idx = np.arange(lo, lo + chunk) % size  # pad the last chunk by wrapping around
             cells = {n: jax.device_put(_as_device_array(v[idx]), grid_sharding) for n, v in grid.items()}
             data = prepare(cells)
@@ -285,18 +438,36 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, fingerprint: di
                 from jax.experimental import multihost_utils
                 result = multihost_utils.process_allgather(result, tiled=True)
             flat = {k: v[: hi - lo] for k, v in flatten_tree(result).items()}
-            if chunk_file is not None and jax.process_index() == 0:
-                buf = io.BytesIO()
-                np.savez(buf, **flat)
-                atomic_write(chunk_file, buf.getvalue())
-            pieces.append(_unflatten(flat))
+            if out is not None and jax.process_index() == 0:
+                _write_chunk(out, lo, hi, flat, key)
             computed += hi - lo
-        if progress is not None:
-            elapsed = time.perf_counter() - start_time
-            rate = computed / elapsed if elapsed > 0 and computed else 0.0
-            left = size - hi
-            eta = f"{left / rate:.0f}s" if rate > 0 else "?"
-            progress(f"{label}[{_bar(i + 1, num_chunks)}] chunk {i + 1}/{num_chunks}, {hi}/{size} cells, "
-                     f"{rate:.1f} cells/s, {elapsed:.1f}s elapsed, ETA {eta}")
+            computed_chunks += 1
+            if max_output_bytes is not None and computed_chunks == 1:
+                need = sum(v.nbytes for v in flat.values()) / (hi - lo) * size
+                if need > max_output_bytes:
+                    raise GridTooLarge(
+                        f"the grid's {size} cells would hold about {need / 2**30:.2f} GiB of outputs in memory, "
+                        f"above the limit of {max_output_bytes / 2**30:.2f} GiB; use fewer cells, or confirm "
+                        f"(--yes){' and --resume: the finished chunk is kept' if out is not None else ''}")
+            if max_seconds is not None and computed_chunks == 2 and hi < size:
+                # the second chunk's time alone (the first includes compilation)
+                left = sum(1 for c in range(hi, size) if c not in have)
+                eta = left * (time.perf_counter() - chunk_start) / (hi - lo)
+                if eta > max_seconds:
+                    raise GridTooLarge(
+                        f"the grid's {left} remaining cells would take about {eta / 3600:.1f} h, above the limit "
+                        f"of {max_seconds / 3600:.1f} h; use fewer cells, or confirm (--yes)"
+                        f"{' and --resume: the finished chunks are kept' if out is not None else ''}")
+        pieces.append(_unflatten(flat))
+        elapsed = time.perf_counter() - start_time
+        rate = computed / elapsed if elapsed > 0 and computed else 0.0
+        left = sum(1 for c in range(hi, size) if c not in have)
+        eta = f"{left / rate:.0f}s" if rate > 0 else "?"
+        say(f"{label}[{_bar(i + 1, num_chunks)}] chunk {i + 1}/{num_chunks}, {hi}/{size} cells, "
+            f"{rate:.1f} cells/s, {elapsed:.1f}s elapsed, ETA {eta}")
+    if out is not None and jax.process_index() == 0:
+        for extra in out.glob("chunk_*.npz"):  # superseded by this layout's chunks (all written above)
+            if extra.name not in names:
+                extra.unlink()
     outputs = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=0), *pieces)
     return grid, outputs

@@ -31,8 +31,8 @@ from gmmssl.data import Dataset, sample_dataset_pairs
 from gmmssl.gmm import GMM, HeteroGMM, MultiModalGMM, sample_multimodal
 from gmmssl.metrics import fisher_capture
 
-__all__ = ["DEFAULT_HPARAMS", "HPARAM_RANGES", "OBJECTIVES", "TrainConfig", "TrainResult", "check_setup",
-           "init_params", "make_hparams", "train", "validate_hparams"]
+__all__ = ["DEFAULT_HPARAMS", "HPARAM_RANGES", "IN_BATCH_LOSSES", "OBJECTIVES", "TrainConfig", "TrainResult",
+           "check_setup", "diverged", "hparams_in_range", "init_params", "make_hparams", "train", "validate_hparams"]
 
 # name: (default, low, high, low_open)
 HPARAM_RANGES = {
@@ -52,6 +52,25 @@ def validate_hparams(hparams: dict) -> None:
             raise ValueError(f"unknown hyper-parameter {name!r}; known: {sorted(HPARAM_RANGES)}")
         _, low, high, low_open = HPARAM_RANGES[name]
         check_range(name, value, low, high, low_open=low_open, high_open=high == float("inf"))
+
+
+def hparams_in_range(hparams: dict) -> jax.Array:
+    """A traceable boolean: every known hyper-parameter finite and inside its range.
+
+    Under jit/vmap the values are tracers that :func:`validate_hparams` cannot see; the
+    trainer uses this to turn a cell with an out-of-range value into NaN outputs (flagged
+    diverged) instead of training it with a clipped or meaningless value."""
+    ok = jnp.asarray(True)
+    for name, value in hparams.items():
+        if name not in HPARAM_RANGES:
+            continue
+        _, low, high, low_open = HPARAM_RANGES[name]
+        v = jnp.asarray(value)
+        inside = jnp.isfinite(v) & ((v > low) if low_open else (v >= low))
+        if high != float("inf"):
+            inside &= v <= high
+        ok &= jnp.all(inside)
+    return ok
 
 
 def make_hparams(**overrides) -> dict:
@@ -107,7 +126,7 @@ class TrainConfig:
 
     def validate(self, d: int) -> None:
         check_int("r", self.r, low=1, high=d)
-        check_int("batch_size", self.batch_size, low=1)
+        check_int("batch_size", self.batch_size, low=2 if self.loss in IN_BATCH_LOSSES else 1)
         check_int("steps", self.steps, low=1)
         check_int("log_every", self.log_every, low=1, high=self.steps)
         if self.steps % self.log_every:
@@ -210,6 +229,9 @@ def _clip_loss(params, x1, x2, hparams, config, gmm):
 
 
 NONLINEAR_LOSSES = ("infonce", "simsiam", "spectral")
+# losses whose batch statistics need two rows at least: in-batch negatives (one pair has
+# none: the InfoNCE loss is identically 0) or a batch covariance
+IN_BATCH_LOSSES = ("infonce", "simsiam", "spectral", "clip")
 OBJECTIVES: dict[str, Objective] = {
     "infonce": Objective(_init_projector, _infonce_loss, _aed_pairs),
     "infonce_population": Objective(_init_projector, _infonce_population_loss, _aed_pairs, (GMM,)),
@@ -232,6 +254,16 @@ def check_setup(gmm, config: TrainConfig) -> None:
     config.validate(gmm.dim)
     if isinstance(gmm, MultiModalGMM):
         check_int("r", config.r, low=1, high=min(gmm.dims))
+
+
+def diverged(result: "TrainResult") -> jax.Array:
+    """True when training left a non-finite parameter or a non-finite logged loss (a
+    diverged run, or a traced hyper-parameter out of range). Traceable; for a vmapped
+    grid of results use ``jax.vmap(diverged)``."""
+    ok = jnp.all(jnp.isfinite(result.history["loss"]))
+    for leaf in jax.tree_util.tree_leaves(result.params):
+        ok &= jnp.all(jnp.isfinite(leaf))
+    return ~ok
 
 
 class TrainResult(NamedTuple):
@@ -273,7 +305,9 @@ def train(key, gmm: GMM, hparams: dict, config: TrainConfig, fisher_basis=None) 
       fisher_basis: optional (d, m) basis; when given, the history records capture.
 
     Returns:
-      :class:`TrainResult`.
+      :class:`TrainResult`. Concrete hyper-parameters out of range raise ValueError here;
+      traced ones (inside jit/vmap, values unknown) cannot, so a cell whose value is out
+      of range returns NaN parameters and losses instead, which :func:`diverged` flags.
 
     Example:
       >>> import jax
@@ -322,4 +356,9 @@ def train(key, gmm: GMM, hparams: dict, config: TrainConfig, fisher_basis=None) 
 
     starts = jnp.arange(0, config.steps, config.log_every)
     (params, _), history = jax.lax.scan(block, (params, opt_state), starts)
+    # a traced hyper-parameter out of range (unseen by validate_hparams) gives NaN, never a
+    # silently clipped run; diverged() flags it
+    valid = hparams_in_range(hparams)
+    params = jax.tree_util.tree_map(lambda p: jnp.where(valid, p, jnp.nan), params)
+    history = {**history, "loss": jnp.where(valid, history["loss"], jnp.nan)}
     return TrainResult(params, history)

@@ -19,10 +19,15 @@ def normalize(z, eps: float = 1e-12):
     return z * lax.rsqrt(jnp.maximum(sq, eps * eps))
 
 
-def check_pair(z, z_pos, names=("z", "z_pos")):
-    """Both (B, r) with the same shape (chex raises AssertionError otherwise)."""
+def check_pair(z, z_pos, names=("z", "z_pos"), min_batch: int = 1):
+    """Both (B, r) with the same shape (chex raises AssertionError otherwise), and
+    B ≥ ``min_batch`` (ValueError: in-batch losses need B ≥ 2, since one pair has no
+    negative and its loss is identically 0)."""
     chex.assert_rank([z, z_pos], 2, custom_message=f"{names[0]} and {names[1]} must be (B, r)")
     chex.assert_equal_shape([z, z_pos], custom_message=f"{names[0]} and {names[1]} must have the same (B, r) shape")
+    if z.shape[0] < min_batch:
+        raise ValueError(f"{names[0]} has B = {z.shape[0]} rows; this loss compares rows within the batch and "
+                         f"needs B ≥ {min_batch}")
 
 
 def similarity_inputs(z, z_pos, temperature, similarity: str):

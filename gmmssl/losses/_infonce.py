@@ -120,7 +120,7 @@ def infonce(z, z_pos, *, temperature=1.0, similarity: str = "dot", symmetric: bo
       >>> round(float(infonce(z, z, temperature=0.1)), 4)
       0.0001
     """
-    check_pair(z, z_pos)
+    check_pair(z, z_pos, min_batch=2)
     if z.shape[1] <= SMALL_RANK:  # the fused kernel; the same value and gradient (tested)
         z, z_pos = similarity_inputs(z, z_pos, temperature, similarity)
         a = z / temperature
@@ -154,7 +154,7 @@ def clip(z_a, z_b, *, temperature=1.0, similarity: str = "dot"):
       >>> round(float(clip(jnp.eye(2), jnp.eye(2), temperature=0.5)), 4)
       0.1269
     """
-    check_pair(z_a, z_b, names=("z_a", "z_b"))
+    check_pair(z_a, z_b, names=("z_a", "z_b"), min_batch=2)
     return infonce(z_a, z_b, temperature=temperature, similarity=similarity, symmetric=True)
 
 

@@ -57,7 +57,7 @@ def simsiam(z, z_pos, *, predictor=None, xi=0.0, distance: str = "l2", stop_grad
       >>> float(simsiam(z, z, xi=0.0))
       0.0
     """
-    check_pair(z, z_pos)
+    check_pair(z, z_pos, min_batch=2)  # the covariance regularizer needs two rows
     check_choice("distance", distance, DISTANCES)
     check_range("xi", xi, 0.0, float("inf"), high_open=True)
     if predictor is not None:
@@ -86,7 +86,7 @@ def spectral_contrastive(z, z_pos):
       >>> float(spectral_contrastive(jnp.eye(2), jnp.eye(2)))
       -2.0
     """
-    check_pair(z, z_pos)
+    check_pair(z, z_pos, min_batch=2)
     b = z.shape[0]
     g = z @ z_pos.T
     pos = jnp.mean(jnp.diagonal(g))

@@ -1,0 +1,326 @@
+"""Issue 11: no wrong number with exit status 0, no finished work lost.
+
+Storage tests use a toy sweep (no training: each cell's output is a known function of its
+values), so they check where numbers land, not how they are computed, in milliseconds.
+"""
+import errno
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gmmssl import results, sweep
+from gmmssl.cli import main
+from gmmssl.sweep import GridTooLarge, Sweep, run_grid
+
+AXES = {"delta": (0.0, 0.25, 0.5, 0.75, 1.0), "seed": (0, 1, 2)}  # 15 cells
+
+
+def _toy(axes=AXES, cell_bytes=1 << 10):
+    def train_fn(cell, data):
+        return {"value": 100.0 * cell["delta"] + cell["seed"]}
+
+    def evaluate_fn(cell, data, trained):
+        return {"metrics": {"toy": {"value": trained["value"], "seed": cell["seed"]}}}
+
+    return Sweep(train_fn, evaluate_fn, axes, cell_bytes)
+
+
+def _expected(grid):
+    return 100.0 * grid["delta"] + grid["seed"]
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after(n):
+    seen = []
+
+    def progress(line):
+        if "chunk " in line:
+            seen.append(line)
+            if len(seen) >= n:
+                raise _Stop
+
+    return progress
+
+
+def test_each_chunk_records_its_cells_and_the_fingerprint(tmp_path):
+    grid, out = run_grid(_toy(), out_dir=tmp_path, chunk_size=4)
+    np.testing.assert_allclose(out["metrics"]["toy"]["value"], _expected(grid), rtol=1e-6)
+    files = sorted(tmp_path.glob("chunk_*.npz"))
+    assert [f.name for f in files][0] == "chunk_000000000-000000004.npz" and len(files) == 4
+    with np.load(files[1]) as data:
+        np.testing.assert_array_equal(data["#cells"], [4, 5, 6, 7])
+        assert len(str(data["#key"])) == 64
+    manifest = json.loads((tmp_path / "sweep.json").read_text())
+    assert {"x64", "backend", "jax", "jaxlib", "gmmssl"} <= set(manifest["numerics"])
+
+
+@pytest.mark.parametrize("damage", ["copy", "truncate", "garbage", "other_grid"])
+def test_a_damaged_or_misplaced_chunk_is_recomputed_never_loaded_onto_other_cells(tmp_path, damage):
+    run_grid(_toy(), out_dir=tmp_path, chunk_size=4)
+    target = tmp_path / "chunk_000000004-000000008.npz"
+    if damage == "copy":
+        target.write_bytes((tmp_path / "chunk_000000000-000000004.npz").read_bytes())
+    elif damage == "truncate":
+        target.write_bytes(target.read_bytes()[:200])
+    elif damage == "garbage":
+        target.write_bytes(b"\0" * 1000)
+    else:  # a chunk of the same cells from another grid
+        other = tmp_path / "other"
+        run_grid(_toy({"delta": (0.9, 0.8, 0.7, 0.6, 0.5), "seed": (0, 1, 2)}), out_dir=other, chunk_size=4)
+        target.write_bytes((other / target.name).read_bytes())
+    lines = []
+    grid, out = run_grid(_toy(), out_dir=tmp_path, chunk_size=4, resume=True, progress=lines.append)
+    np.testing.assert_allclose(out["metrics"]["toy"]["value"], _expected(grid), rtol=1e-6)
+    assert any(target.name in line and "recomputed" in line for line in lines), lines
+    assert (tmp_path / (target.name + ".rejected")).exists()
+
+
+def test_resume_after_a_kill_with_another_chunk_size_puts_every_number_on_its_cell(tmp_path):
+    with pytest.raises(_Stop):
+        run_grid(_toy(), out_dir=tmp_path, chunk_size=6, progress=_stop_after(2))
+    assert len(list(tmp_path.glob("chunk_*.npz"))) == 2
+    grid, out = run_grid(_toy(), out_dir=tmp_path, chunk_size=4, resume=True)
+    np.testing.assert_allclose(out["metrics"]["toy"]["value"], _expected(grid), rtol=1e-6)
+    names = sorted(p.name for p in tmp_path.glob("chunk_*.npz"))
+    assert names[0] == "chunk_000000000-000000004.npz" and len(names) == 4  # one layout left
+
+
+def test_resume_on_four_devices_of_a_one_device_run(tmp_path):
+    with pytest.raises(_Stop):
+        run_grid(_toy(), out_dir=tmp_path, chunk_size=6, progress=_stop_after(1))
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import jax
+        from test_trust import _toy
+        from gmmssl.sweep import run_grid
+        assert len(jax.devices()) == 4
+        grid, out = run_grid(_toy(), out_dir={str(tmp_path)!r}, resume=True)
+        print(json.dumps([grid["delta"].tolist(), grid["seed"].tolist(), out["metrics"]["toy"]["value"].tolist()]))
+    """)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    delta, seed, value = json.loads(proc.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(value, 100.0 * np.asarray(delta) + np.asarray(seed), rtol=1e-6)
+
+
+def test_resume_under_another_float_width_is_refused(tmp_path):
+    with pytest.raises(_Stop):
+        run_grid(_toy(), out_dir=tmp_path, chunk_size=4, progress=_stop_after(1))
+    with jax.enable_x64(True), pytest.raises(ValueError, match=r"x64 \(False -> True\)"):
+        run_grid(_toy(), out_dir=tmp_path, chunk_size=4, resume=True)
+
+
+def test_a_folder_with_chunks_is_never_cleared_without_resume_or_overwrite(tmp_path):
+    run_grid(_toy(), out_dir=tmp_path, chunk_size=4)
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("chunk_*.npz")}
+    with pytest.raises(ValueError, match="holds 4 finished chunk"):
+        run_grid(_toy(), out_dir=tmp_path, chunk_size=4)
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("chunk_*.npz")} == before
+    run_grid(_toy(), out_dir=tmp_path, chunk_size=8, overwrite=True)
+    assert len(list(tmp_path.glob("chunk_*.npz"))) == 2
+
+
+@pytest.mark.parametrize("axes, message", [
+    ({"delta": (0.5, 1.5), "seed": (0,)}, "delta must be in [0.0, 1.0]"),
+    ({"delta": (float("nan"),), "seed": (0,)}, "axis 'delta' must hold finite numbers"),
+    ({"delta": (0.5,), "seed": (-1,)}, "non-negative integers"),
+    ({"delta": (0.5,), "seed": (0.5,)}, "non-negative integers"),
+    ({"learning_rate": (0.0,), "seed": (0,)}, "learning_rate must be in (0.0, inf)"),
+    ({"delta": ("a",), "seed": (0,)}, "must hold numbers"),
+])
+def test_run_grid_validates_axis_values_before_tracing(axes, message):
+    with pytest.raises(ValueError) as err:
+        run_grid(_toy(axes))
+    assert message in str(err.value)
+
+
+def test_run_grid_checks_a_users_own_axis_range():
+    spec = _toy({"alpha": (0.5, 2.0), "seed": (0,)})
+    spec = Sweep(spec.train_fn, lambda c, d, t: {"metrics": {"toy": {"v": c["alpha"]}}}, spec.axes,
+                 ranges={"alpha": (0.0, 1.0, False, False)})
+    with pytest.raises(ValueError, match=r"alpha must be in \[0.0, 1.0\]"):
+        run_grid(spec)
+
+
+def test_chunk_size_is_clamped_to_the_grid_and_refused_above_the_budget(tmp_path):
+    run_grid(_toy(), out_dir=tmp_path, chunk_size=100_000)
+    assert json.loads((tmp_path / "sweep.json").read_text())["chunk_size"] == 15
+    with pytest.raises(ValueError, match="above the budget"):
+        run_grid(_toy(cell_bytes=1 << 30), chunk_size=8, budget_bytes=1 << 30)
+
+
+def test_outputs_above_the_limit_stop_after_the_first_chunk_which_is_kept(tmp_path):
+    with pytest.raises(GridTooLarge, match="GiB of outputs"):
+        run_grid(_toy(), out_dir=tmp_path, chunk_size=4, max_output_bytes=100)
+    assert len(list(tmp_path.glob("chunk_*.npz"))) == 1
+    with pytest.raises(GridTooLarge, match="would take about"):
+        run_grid(_toy(), chunk_size=4, max_seconds=1e-9)
+
+
+# ----------------------------------------------------------------- the experiment folder
+
+TINY = ["--set", "steps=20", "--set", "log_every=10", "--set", "seeds=1", "--set", "delta=0,1", "--set", "d=6",
+        "--set", "batch_size=32", "--set", "num_baseline=100", "--set", "num_eval=100"]
+
+
+def test_finished_work_is_kept_reused_and_only_replaced_on_request(tmp_path, capsys):
+    out = str(tmp_path)
+    assert main(["run", "pancakes", "--out", out, *TINY]) == 0
+    first = (tmp_path / "results.csv").read_bytes()
+    assert main(["run", "pancakes", "--out", out, *TINY]) == 0  # the same config: reused, not deleted
+    assert "reusing its finished chunks" in capsys.readouterr().out
+    assert (tmp_path / "results.csv").read_bytes() == first
+    # another config (δ values: the same compiled program, so the test reuses its compilation)
+    assert main(["run", "pancakes", "--out", out, *TINY, "--set", "delta=0,0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "different config" in err and "delta ([0.0, 1.0] -> [0.0, 0.5])" in err and "--overwrite" in err
+    assert (tmp_path / "results.csv").read_bytes() == first
+    assert main(["run", "pancakes", "--out", out, *TINY, "--set", "delta=0,0.5", "--overwrite"]) == 0
+    assert json.loads((tmp_path / "config.json").read_text())["config"]["delta"] == [0.0, 0.5]
+    assert (tmp_path / "results.csv").read_bytes() != first
+
+
+def test_an_interrupted_overwrite_never_leaves_the_old_results_under_the_new_config(tmp_path, monkeypatch):
+    from gmmssl import report
+
+    out = str(tmp_path)
+    assert main(["run", "pancakes", "--out", out, *TINY]) == 0
+    assert report.finished_problem(tmp_path) is None
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "run_grid", killed)
+    with pytest.raises(KeyboardInterrupt):
+        main(["run", "pancakes", "--out", out, *TINY, "--set", "delta=0,0.5", "--overwrite"])
+    assert not (tmp_path / "verdict.json").exists() and not (tmp_path / "results.csv").exists()
+    assert "missing" in report.finished_problem(tmp_path)
+    with pytest.raises(ValueError, match="no finished results"):
+        report.write_report(tmp_path.parent, tmp_path / "docs", names=[tmp_path.name])
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path, capsys):
+    with results.folder_lock(tmp_path):
+        assert main(["run", "pancakes", "--out", str(tmp_path), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "in use by another gmmssl run" in err and f"pid {os.getpid()}" in err
+    assert not (tmp_path / "results.csv").exists()
+
+
+def test_a_full_disk_gives_one_line_and_keeps_the_finished_chunks(tmp_path, monkeypatch, capsys):
+    real = sweep.atomic_write
+    calls = []
+
+    def full(path, data):
+        calls.append(path)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, data)
+
+    monkeypatch.setattr(sweep, "atomic_write", full)
+    assert main(["run", "pancakes", "--out", str(tmp_path), *TINY, "--chunk-size", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and "kept" in err
+    assert len(list((tmp_path / "chunks" / "all").glob("chunk_*.npz"))) == 1
+    monkeypatch.setattr(sweep, "atomic_write", real)
+    assert main(["run", "pancakes", "--out", str(tmp_path), *TINY, "--chunk-size", "1", "--resume"]) == 0
+
+
+def test_report_without_results_refuses_and_leaves_the_docs_alone(tmp_path, capsys):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "RESULTS.md").write_text("committed report\n")
+    assert main(["report", "--results", str(tmp_path / "results"), "--docs", str(docs)]) == 2
+    assert "no finished results" in capsys.readouterr().err
+    assert (docs / "RESULTS.md").read_text() == "committed report\n"
+
+
+def test_a_diverged_run_is_flagged_not_scored_and_exits_non_zero(tmp_path, capsys):
+    assert main(["run", "pancakes", "--out", str(tmp_path), *TINY, "--set", "learning_rate=1e30"]) == 1
+    printed = capsys.readouterr().out
+    assert "WARNING" in printed and "diverged" in printed and "[PASS]" not in printed
+    rows = results.read_csv(tmp_path / "results.csv")
+    learned = [r for r in rows if r["method"] == "infonce"]
+    assert learned and all(r["diverged"] == 1 and np.isnan(r["fisher_capture"]) and np.isnan(r["ari"])
+                           for r in learned)
+    assert all(r["diverged"] == 0 for r in rows if r["method"] != "infonce")
+    verdict = json.loads((tmp_path / "verdict.json").read_text())
+    assert verdict["diverged_rows"] == len(learned) and not verdict["passed"]
+    assert not any(c["passed"] for c in verdict["claims"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "all", "--set", "seedz=1"], "no experiment knows this key"),
+    (["run", "pancakes", "--budget-mb", "nan"], "--budget-mb must be a positive finite number"),
+    (["run", "pancakes", "--budget-mb", "inf"], "--budget-mb must be a positive finite number"),
+    (["run", "pancakes", "--set", "batch_size=1"], "batch_size must be in [2, inf]"),
+    (["run", "pancakes", "--max-hours", "0"], "--max-hours must be a positive finite number"),
+])
+def test_meaningless_input_is_refused_in_one_line(args, message, tmp_path, capsys):
+    assert main([*args, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_a_grid_too_long_is_stopped_unless_confirmed(tmp_path, capsys):
+    args = ["run", "pancakes", "--out", str(tmp_path), *TINY, "--set", "seeds=2", "--chunk-size", "1",
+            "--max-hours", "1e-9"]
+    assert main(args) == 2
+    assert "would take about" in capsys.readouterr().err
+    assert len(list((tmp_path / "chunks" / "all").glob("chunk_*.npz"))) == 2  # kept
+    assert main([*args, "--yes"]) == 0
+
+
+def test_version():
+    import gmmssl
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and gmmssl.__version__
+
+
+# ----------------------------------------------------------------- values under jit and vmap
+
+def test_a_traced_hyper_parameter_out_of_range_gives_nan_not_a_clipped_run():
+    from gmmssl.gmm import parallel_pancakes
+    from gmmssl.train import TrainConfig, diverged, train
+
+    g = parallel_pancakes(6, 2)
+    cfg = TrainConfig(steps=20, log_every=10, batch_size=32)
+    res = jax.vmap(lambda d: train(jax.random.PRNGKey(0), g, {"delta": d}, cfg))(jnp.array([0.5, 1.5]))
+    flags = jax.vmap(diverged)(res)
+    assert not bool(flags[0]) and bool(flags[1])
+    assert np.all(np.isfinite(res.params["A"][0])) and np.all(np.isnan(res.params["A"][1]))
+
+
+def test_a_jitted_sampler_with_delta_nan_gives_nan():
+    from gmmssl.augment import sample_pairs
+    from gmmssl.gmm import parallel_pancakes
+
+    f = jax.jit(lambda d: sample_pairs(jax.random.PRNGKey(0), parallel_pancakes(4), 8, d)[:2])
+    x, x_pos = f(jnp.nan)
+    assert np.all(np.isnan(x)) and np.all(np.isnan(x_pos))
+    x, _ = f(0.5)
+    assert np.all(np.isfinite(x))
+
+
+def test_in_batch_losses_refuse_a_batch_of_one():
+    from gmmssl import losses
+
+    z = jnp.ones((1, 2))
+    for loss in (losses.infonce, losses.clip, losses.simsiam, losses.spectral_contrastive):
+        with pytest.raises(ValueError, match="needs B ≥ 2"):
+            loss(z, z)
