@@ -19,7 +19,7 @@ demo: $(STAMP)
 	JAX_PLATFORMS=cpu $(BIN)/gmmssl run pancakes
 
 test: $(STAMP)
-	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q
+	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q --durations=15
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -87,7 +87,8 @@ class Dataset:
 
 
 def sample_dataset_pairs(key, data: Dataset, n: int, delta):
-    """n AeD(δ) pairs from a data set: (x, x_pos, c, c_pos), as ``augment.sample_pairs``."""
+    """n AeD(δ) pairs from a data set: (x, x_pos, c, c_pos), as ``augment.sample_pairs``
+    (a traced δ outside [0, 1] gives NaN samples)."""
     n = check_int("n", n, low=1)
     check_range("delta", delta, 0.0, 1.0)
     k_i, k_u, k_same, k_any = jax.random.split(key, 4)
@@ -96,7 +97,8 @@ def sample_dataset_pairs(key, data: Dataset, n: int, delta):
     same = data.order[data.starts[c] + jax.random.randint(k_same, (n,), 0, jnp.iinfo(jnp.int32).max) % data.counts[c]]
     anyone = jax.random.randint(k_any, (n,), 0, len(data))
     j = jnp.where(jax.random.uniform(k_u, (n,)) < delta, same, anyone)
-    return data.x[i], data.x[j], c, data.y[j]
+    valid = (delta >= 0.0) & (delta <= 1.0)
+    return jnp.where(valid, data.x[i], jnp.nan), jnp.where(valid, data.x[j], jnp.nan), c, data.y[j]
 
 
 def load_features(path) -> Dataset:

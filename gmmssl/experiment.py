@@ -272,13 +272,24 @@ def _stored_identity(out_dir: Path) -> dict | None:
     return None
 
 
+def _old_figures(out_dir: Path) -> list[Path]:
+    """The figures the finished run in ``out_dir`` wrote (listed in its config.json; other
+    files of the folder are never touched)."""
+    try:
+        names = json.loads((out_dir / "config.json").read_text()).get("figures", [])
+    except (OSError, ValueError):
+        return []
+    return [out_dir / Path(n).name for n in names]
+
+
 def _clear(out_dir: Path) -> None:
     """Removes a previous run's outputs and chunks (``--overwrite``); the verdict first, so
     a folder interrupted here never looks finished."""
+    figures = _old_figures(out_dir)
     for name in ("verdict.json", *OUTPUTS, PENDING):
         (out_dir / name).unlink(missing_ok=True)
-    for fig in out_dir.glob("*.png"):
-        fig.unlink()
+    for fig in figures:
+        fig.unlink(missing_ok=True)
     shutil.rmtree(out_dir / "chunks", ignore_errors=True)
     shutil.rmtree(out_dir / ".staging", ignore_errors=True)
 
@@ -387,8 +398,8 @@ def _execute(experiment, config, out_dir, progress, chunk_size, budget_bytes, li
         arrays.update(sweep.flatten_tree(part.outputs["projectors"], prefix))
         arrays.update({f"{prefix}grid_{k}": v for k, v in part.grid.items()})
     np.savez_compressed(staging / "projectors.npz", **arrays)
-    results.write_json({**meta, "seconds": round(seconds, 3)}, staging / "config.json")
-    experiment.figures(run, staging)
+    figures = [Path(f).name for f in experiment.figures(run, staging)]
+    results.write_json({**meta, "seconds": round(seconds, 3), "figures": figures}, staging / "config.json")
     invalid = len(results.invalid_rows(run.rows))
     results.write_json({"experiment": experiment.name, "run": meta["run"],
                         "passed": all(c.passed for c in run.claims) and invalid == 0,
@@ -398,9 +409,10 @@ def _execute(experiment, config, out_dir, progress, chunk_size, budget_bytes, li
                        staging / "verdict.json")
     # swap the finished outputs in: the old verdict goes first and the new one comes last,
     # so at no moment does the folder look finished with parts of two runs
+    old_figures = _old_figures(out_dir)
     (out_dir / "verdict.json").unlink(missing_ok=True)
-    for fig in out_dir.glob("*.png"):
-        fig.unlink()
+    for fig in old_figures:
+        fig.unlink(missing_ok=True)
     for path in sorted(staging.iterdir(), key=lambda p: p.name == "verdict.json"):
         os.replace(path, out_dir / path.name)
     staging.rmdir()

@@ -514,7 +514,7 @@ def sample_multimodal(key, mm: MultiModalGMM, n: int, delta=1.0) -> MultiModalPa
 
     With probability 1 − δ the second modality's shared component is an independent draw
     from π (the AeD "prior" noise, SPEC 3.3). Common random numbers: for one key the
-    draws do not depend on δ.
+    draws do not depend on δ. A traced δ outside [0, 1] gives NaN samples.
     """
     n = check_int("n", n, low=1)
     check_range("delta", delta, 0.0, 1.0)
@@ -528,7 +528,8 @@ def sample_multimodal(key, mm: MultiModalGMM, n: int, delta=1.0) -> MultiModalPa
         g = mm.shared[m]
         j = jax.random.categorical(keys[3 + m], jnp.log(mm.private_weights[m]), shape=(n,))
         eps = jax.random.normal(keys[5 + m], (n, g.dim), dtype=g.means.dtype)
-        xs.append(g.means[c] + mm.private_means[m][j] + eps @ g.chol.T)
+        x = g.means[c] + mm.private_means[m][j] + eps @ g.chol.T
+        xs.append(jnp.where((delta >= 0.0) & (delta <= 1.0), x, jnp.nan))
         js.append(j.astype(jnp.int32))
     return MultiModalPairs(xs[0], xs[1], c1.astype(jnp.int32), c2.astype(jnp.int32), js[0], js[1])
 

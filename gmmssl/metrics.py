@@ -133,10 +133,11 @@ def fisher_capture(a, fisher_basis, rtol: float = RTOL) -> jax.Array:
       ValueError: a concrete basis whose columns are not orthonormal (the ratio would
         not be a fraction: ``fisher_capture(A, 3 F)`` would be 9).
     """
-    check_orthonormal("fisher_basis", fisher_basis)
+    _check_matrix("fisher_basis", fisher_basis)
     u, mask = column_space(a, rtol)
     if u.shape[0] != fisher_basis.shape[0]:
         raise ValueError(f"A {a.shape} and fisher_basis {fisher_basis.shape} must have the same d")
+    check_orthonormal("fisher_basis", fisher_basis)
     proj = (u.T @ fisher_basis) * mask[:, None]
     return _nan_unless(_finite(a, fisher_basis), jnp.sum(proj**2) / fisher_basis.shape[1])
 

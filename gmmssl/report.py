@@ -89,8 +89,8 @@ def write_report(results_root="results", docs="docs", names=None, partial: bool 
         stored = json.loads((out / "verdict.json").read_text()) if (out / "verdict.json").exists() else None
         for c in claims:
             statement = c.statement.replace("|", "\\|")
-            lines.append(f"| {title} | {statement} | {c.measured:.4g} | {c.tolerance} | "
-                         f"{'PASS' if c.passed else '**FAIL**'} |")
+            verdict = "PASS" if c.passed else ("**NOT SCORED**" if c.note.startswith("not scored") else "**FAIL**")
+            lines.append(f"| {title} | {statement} | {c.measured:.4g} | {c.tolerance} | {verdict} |")
         overrides = " ".join(f"--set {k}={','.join(map(str, v)) if isinstance(v, list) else v}"
                              for k, v in meta["config"].items() if exp.defaults.get(k) != (tuple(v) if isinstance(v, list) else v))
         sections += [f"## {title}", "", exp.description, "",

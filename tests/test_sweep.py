@@ -131,7 +131,7 @@ def test_chunking_changes_nothing_beyond_rounding(tmp_path):
 
 
 def test_four_devices_give_the_same_results_as_one(tmp_path):
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    env = {"XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     four = _cli("run", "pancakes", "--out", str(tmp_path / "four"), *TINY, env=env)
     assert four.returncode == 0, four.stderr
     one = _cli("run", "pancakes", "--out", str(tmp_path / "one"), *TINY, env={"JAX_PLATFORMS": "cpu"})

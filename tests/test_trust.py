@@ -109,7 +109,8 @@ def test_resume_on_four_devices_of_a_one_device_run(tmp_path):
         grid, out = run_grid(_toy(), out_dir={str(tmp_path)!r}, resume=True)
         print(json.dumps([grid["delta"].tolist(), grid["seed"].tolist(), out["metrics"]["toy"]["value"].tolist()]))
     """)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4",
+           "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     delta, seed, value = json.loads(proc.stdout.strip().splitlines()[-1])
