@@ -41,8 +41,10 @@ def run(out_dir="results/bench/time_to_answer", batch_size: int = 4096, override
     rows, curves = [], {}
     for loss in LOSSES:
         t0 = time.perf_counter()
+        # overwrite: a timing must recompute every cell, never reuse a previous run's chunks
         result = run_experiment(experiments.get("delta"), Path(out_dir) / loss,
-                                {**(overrides or {}), "loss": loss, "batch_size": batch_size}, progress=progress)
+                                {**(overrides or {}), "loss": loss, "batch_size": batch_size}, progress=progress,
+                                overwrite=True)
         wall = time.perf_counter() - t0
         steps, curve = capture_curve(result)
         curves[loss] = (steps, curve)

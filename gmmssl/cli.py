@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -112,8 +113,9 @@ def main(argv=None) -> int:
     from gmmssl import results
 
     cells = sum(len(next(iter(p.grid.values()))) for p in run.parts)
+    reused = json.loads((out / "config.json").read_text()).get("cells_reused", 0)
     print(f"{cells} cells in {len(run.parts)} static configuration(s), {run.seconds:.1f}s "
-          f"(compilation included)\n")
+          f"(compilation included{f'; {reused} cells reused from stored chunks' if reused else ''})\n")
     print(exp.report(run))
     invalid, diverged = results.invalid_rows(run.rows), results.count_diverged(run.rows)
     if invalid:

@@ -367,13 +367,17 @@ def _size(spec) -> int:
 def _execute(experiment, config, out_dir, progress, chunk_size, budget_bytes, limits, plans, meta) -> Run:
     start = time.perf_counter()
     run = Run(config, [], [])
+    meta["cells_reused"] = 0
 
     def run_plans(plans):
         for static, cfg, spec in plans:
             tag = _tag(static)
+            stats: dict = {}
             grid, outputs = sweep.run_grid(spec, out_dir=out_dir / "chunks" / tag, resume=True,
                                            fingerprint=cfg, progress=progress, chunk_size=chunk_size,
-                                           budget_bytes=budget_bytes, label=f"{tag} " if static else "", **limits)
+                                           budget_bytes=budget_bytes, label=f"{tag} " if static else "",
+                                           stats=stats, **limits)
+            meta["cells_reused"] += stats["reused"]
             run.parts.append(Part(static, cfg, grid, outputs))
             run.rows.extend({**static, **row} for row in results.tidy_rows(grid, outputs["metrics"]))
 

@@ -48,6 +48,12 @@ def recompute_claims(experiment, out_dir: Path):
     return results.guard_claims(experiment.claims(run), rows), meta
 
 
+def _reused(meta) -> str:
+    """Says when the recorded time does not cover every cell (some came from stored chunks)."""
+    n = meta.get("cells_reused", 0)
+    return f"; the time covers the other cells only: {n} were reused from an earlier run's chunks" if n else ""
+
+
 def _check_coverage(root: Path, names, partial: bool, what: str) -> None:
     done = [n for n in names if finished_problem(root / n) is None]
     if not done:
@@ -97,7 +103,8 @@ def write_report(results_root="results", docs="docs", names=None, partial: bool 
                      f"Command: `gmmssl run {name}{' --out results/' + title if title != name else ''}"
                      f"{' ' + overrides if overrides else ''}` "
                      f"({meta.get('num_cells', '?')} cells, {meta.get('seconds', '?')} s on "
-                     f"{meta['environment']['backend']}, jax {meta['environment']['jax']}).", ""]
+                     f"{meta['environment']['backend']}, jax {meta['environment']['jax']}"
+                     f"{_reused(meta)}).", ""]
         if stored is not None and [c["passed"] for c in stored["claims"]] != [c.passed for c in claims]:
             sections += ["**The stored verdict.json disagrees with the verdict recomputed from results.csv.**", ""]
         passed = sum(c.passed for c in claims)
@@ -143,7 +150,7 @@ def write_open_questions(results_root="results", docs="docs", partial: bool = Fa
         claims, meta = recompute_claims(exp, out)
         lines += [f"Run: `gmmssl run {name}` at scale `{meta['config'].get('scale', 'default')}`, "
                   f"{meta.get('num_cells', '?')} cells, {meta.get('seconds', '?')} s on "
-                  f"{meta['environment']['backend']} (jax {meta['environment']['jax']}).", ""]
+                  f"{meta['environment']['backend']} (jax {meta['environment']['jax']}{_reused(meta)}).", ""]
         if exp.findings is not None:
             run = Run(meta["config"], [], results.read_csv(out / "results.csv"))
             lines += [exp.findings(run), ""]

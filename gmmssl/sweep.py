@@ -314,7 +314,7 @@ def _hparam_ranges() -> dict:
 def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool = False,
              fingerprint: dict | None = None, chunk_size: int | None = None, budget_bytes: int | None = None,
              max_output_bytes: int | None = None, max_seconds: float | None = None,
-             progress: Callable[[str], None] | None = None, label: str = ""):
+             progress: Callable[[str], None] | None = None, label: str = "", stats: dict | None = None):
     """Runs the phases of ``spec`` on every cell of its grid.
 
     Args:
@@ -335,6 +335,8 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
       progress: callback receiving one line per finished chunk (chunks done, cells/s, ETA)
         and one per stored chunk that could not be used.
       label: prefix of the progress lines (the static configuration).
+      stats: a dict that receives "computed" and "reused", the cells computed by this call
+        and those loaded from stored chunks (so a timing can say what it covers).
 
     Axis values are checked before anything is traced: numbers, finite; "seed" a
     non-negative integer; the trainer's hyper-parameters (:data:`gmmssl.train.HPARAM_RANGES`)
@@ -469,5 +471,7 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
         for extra in out.glob("chunk_*.npz"):  # superseded by this layout's chunks (all written above)
             if extra.name not in names:
                 extra.unlink()
+    if stats is not None:
+        stats.update(computed=computed, reused=size - computed)
     outputs = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=0), *pieces)
     return grid, outputs

@@ -7,8 +7,7 @@ import pytest
 from gmmssl import results
 from gmmssl.cli import main
 
-TINY = ["--set", "steps=100", "--set", "seeds=2", "--set", "delta=0,0.5,1", "--set", "d=8",
-        "--set", "batch_size=128", "--set", "num_baseline=500", "--set", "num_eval=500"]
+from tiny import TINY
 
 
 def test_list_names_the_pancakes_experiment(capsys):

@@ -8,10 +8,11 @@ import experiments
 from gmmssl.cli import main
 from gmmssl.experiment import run_experiment
 from gmmssl.report import recompute_claims, write_report
+from tiny import OVERRIDES
 
 COMMON = {"steps": "50", "log_every": "25", "num_baseline": "200", "num_eval": "200"}
 TINY = {
-    "pancakes": {**COMMON, "seeds": "1", "delta": "0,0.5", "d": "6"},
+    "pancakes": OVERRIDES,  # the configuration the CLI, sweep and trust tests share (one compilation)
     "delta": {**COMMON, "seeds": "1", "delta": "0.1,0.5", "loss": "infonce", "batch_size": "32,64", "d": "6"},
     "dimension": {**COMMON, "seeds": "1", "d": "6,8", "delta": "1"},
     "variance": {**COMMON, "seeds": "1", "condition_number": "1,100", "d": "6"},
@@ -101,7 +102,7 @@ def test_verdict_logic_can_fail(runs, name):
 
 def test_report_is_generated_from_the_results(runs, tmp_path):
     root, out = runs
-    names = ["rank"]
+    names = ["pancakes", "rank"]
     for name in names:
         out[name]
     path = write_report(root, tmp_path / "docs", names=names)

@@ -55,8 +55,7 @@ from pathlib import Path  # noqa: E402
 from gmmssl import results  # noqa: E402
 from gmmssl.sweep import choose_chunk_size, estimate_cell_bytes  # noqa: E402
 
-TINY = ["--set", "steps=100", "--set", "seeds=2", "--set", "delta=0,0.5,1", "--set", "d=8",
-        "--set", "batch_size=128", "--set", "num_baseline=500", "--set", "num_eval=500"]
+from tiny import TINY  # noqa: E402
 
 
 def _cli(*args, env=None, **kw):

@@ -90,8 +90,10 @@ def test_resume_after_a_kill_with_another_chunk_size_puts_every_number_on_its_ce
     with pytest.raises(_Stop):
         run_grid(_toy(), out_dir=tmp_path, chunk_size=6, progress=_stop_after(2))
     assert len(list(tmp_path.glob("chunk_*.npz"))) == 2
-    grid, out = run_grid(_toy(), out_dir=tmp_path, chunk_size=4, resume=True)
+    stats = {}
+    grid, out = run_grid(_toy(), out_dir=tmp_path, chunk_size=4, resume=True, stats=stats)
     np.testing.assert_allclose(out["metrics"]["toy"]["value"], _expected(grid), rtol=1e-6)
+    assert stats == {"computed": 3, "reused": 12}  # cells 0-11 were stored: only 12-14 are computed
     names = sorted(p.name for p in tmp_path.glob("chunk_*.npz"))
     assert names[0] == "chunk_000000000-000000004.npz" and len(names) == 4  # one layout left
 
@@ -173,8 +175,7 @@ def test_outputs_above_the_limit_stop_after_the_first_chunk_which_is_kept(tmp_pa
 
 # ----------------------------------------------------------------- the experiment folder
 
-TINY = ["--set", "steps=20", "--set", "log_every=10", "--set", "seeds=1", "--set", "delta=0,1", "--set", "d=6",
-        "--set", "batch_size=32", "--set", "num_baseline=100", "--set", "num_eval=100"]
+from tiny import TINY  # the tests' shared configuration: its programs compile once per session
 
 
 def test_finished_work_is_kept_reused_and_only_replaced_on_request(tmp_path, capsys):
@@ -185,12 +186,12 @@ def test_finished_work_is_kept_reused_and_only_replaced_on_request(tmp_path, cap
     assert "reusing its finished chunks" in capsys.readouterr().out
     assert (tmp_path / "results.csv").read_bytes() == first
     # another config (δ values: the same compiled program, so the test reuses its compilation)
-    assert main(["run", "pancakes", "--out", out, *TINY, "--set", "delta=0,0.5"]) == 2
+    assert main(["run", "pancakes", "--out", out, *TINY, "--set", "delta=0,0.25,1"]) == 2
     err = capsys.readouterr().err
-    assert "different config" in err and "delta ([0.0, 1.0] -> [0.0, 0.5])" in err and "--overwrite" in err
+    assert "different config" in err and "delta ([0.0, 0.5, 1.0] -> [0.0, 0.25, 1.0])" in err and "--overwrite" in err
     assert (tmp_path / "results.csv").read_bytes() == first
-    assert main(["run", "pancakes", "--out", out, *TINY, "--set", "delta=0,0.5", "--overwrite"]) == 0
-    assert json.loads((tmp_path / "config.json").read_text())["config"]["delta"] == [0.0, 0.5]
+    assert main(["run", "pancakes", "--out", out, *TINY, "--set", "delta=0,0.25,1", "--overwrite"]) == 0
+    assert json.loads((tmp_path / "config.json").read_text())["config"]["delta"] == [0.0, 0.25, 1.0]
     assert (tmp_path / "results.csv").read_bytes() != first
 
 
@@ -206,7 +207,7 @@ def test_an_interrupted_overwrite_never_leaves_the_old_results_under_the_new_con
 
     monkeypatch.setattr(sweep, "run_grid", killed)
     with pytest.raises(KeyboardInterrupt):
-        main(["run", "pancakes", "--out", out, *TINY, "--set", "delta=0,0.5", "--overwrite"])
+        main(["run", "pancakes", "--out", out, *TINY, "--set", "delta=0,0.25,1", "--overwrite"])
     assert not (tmp_path / "verdict.json").exists() and not (tmp_path / "results.csv").exists()
     assert "missing" in report.finished_problem(tmp_path)
     with pytest.raises(ValueError, match="no finished results"):
@@ -277,8 +278,7 @@ def test_meaningless_input_is_refused_in_one_line(args, message, tmp_path, capsy
 
 
 def test_a_grid_too_long_is_stopped_unless_confirmed(tmp_path, capsys):
-    args = ["run", "pancakes", "--out", str(tmp_path), *TINY, "--set", "seeds=2", "--chunk-size", "1",
-            "--max-hours", "1e-9"]
+    args = ["run", "pancakes", "--out", str(tmp_path), *TINY, "--chunk-size", "1", "--max-hours", "1e-9"]
     assert main(args) == 2
     assert "would take about" in capsys.readouterr().err
     assert len(list((tmp_path / "chunks" / "all").glob("chunk_*.npz"))) == 2  # kept
