@@ -111,11 +111,12 @@ def build(config: dict) -> Sweep:
         out = {}
         for name, p in nets.items():
             z = projectors.embed(p, x, train_config.hidden, train_config.activation)
-            energy = [projectors.jacobian_energy(p, x[:n_jac], basis, train_config.hidden, train_config.activation,
-                                                 cov=cov) for cov in (gmm.total_cov, None)]
+            jac = projectors.jacobians(p, x[:n_jac], train_config.hidden, train_config.activation)
+            energy = [projectors.jacobian_share(jac, basis, cov) for cov in (gmm.total_cov, None)]
             out[name] = _readouts(keys[3], z, c, half, k, energy, bayes)
         for name, a in linear.items():
-            energy = [projectors.jacobian_energy({"A": a}, x[:n_jac], basis, cov=cov) for cov in (gmm.total_cov, None)]
+            jac = projectors.jacobians({"A": a}, x[:n_jac])
+            energy = [projectors.jacobian_share(jac, basis, cov) for cov in (gmm.total_cov, None)]
             out[name] = _readouts(keys[3], x @ a, c, half, k, energy, bayes)
         failed = diverged(trained)
         for name, scores in out.items():

@@ -239,7 +239,8 @@ def run_digest(experiment_name: str, config: dict, numerics: dict) -> str:
 
 
 def _numerics(env: dict) -> dict:
-    return {k: env[k] for k in ("x64", "backend", "gmmssl", "jax", "jaxlib", "numpy")}
+    """:func:`gmmssl.sweep.numerics` as recorded in an older config.json's environment."""
+    return {k: env.get(k) for k in sweep.numerics()}
 
 
 def _jsonable_config(config: dict) -> dict:
@@ -249,13 +250,8 @@ def _jsonable_config(config: dict) -> dict:
 def _differences(old: dict, new: dict) -> list[str]:
     diffs = [] if old.get("experiment") == new["experiment"] else \
         [f"experiment ({old.get('experiment')!r} -> {new['experiment']!r})"]
-    oc, nc = old.get("config", {}), new["config"]
-    diffs += [f"{k} ({oc.get(k, '<missing>')!r} -> {nc.get(k, '<missing>')!r})" for k in sorted(set(oc) | set(nc))
-              if oc.get(k) != nc.get(k)]
-    on, nn = old.get("numerics", {}), new["numerics"]
-    diffs += [f"{k} ({on.get(k, '<missing>')!r} -> {nn.get(k, '<missing>')!r})" for k in sorted(set(on) | set(nn))
-              if on.get(k) != nn.get(k)]
-    return diffs
+    return diffs + sweep.diff_keys(old.get("config", {}), new["config"]) \
+        + sweep.diff_keys(old.get("numerics", {}), new["numerics"])
 
 
 def _stored_identity(out_dir: Path) -> dict | None:
@@ -338,7 +334,7 @@ def _run(experiment, config, out_dir, progress, resume, overwrite, chunk_size, b
     say = progress or (lambda line: None)
     with results.folder_lock(out_dir):
         env = environment()
-        identity = {"experiment": experiment.name, "config": _jsonable_config(config), "numerics": _numerics(env)}
+        identity = {"experiment": experiment.name, "config": _jsonable_config(config), "numerics": sweep.numerics()}
         digest = run_digest(experiment.name, identity["config"], identity["numerics"])
         old = _stored_identity(out_dir)
         if old is not None and not overwrite:

@@ -70,6 +70,23 @@ def embed(params: dict, x, hidden: Sequence[int] = (), activation: str = "gelu")
     return x @ params["A"]
 
 
+def jacobians(params: dict, x, hidden: Sequence[int] = (), activation: str = "gelu"):
+    """The embedding's Jacobians J(x) = ∂z/∂x at the points x (n, d): (n, r, d)."""
+    return jax.vmap(jax.jacfwd(lambda p: embed(params, p[None, :], hidden, activation)[0]))(x)
+
+
+def jacobian_share(jac, basis, cov=None):
+    r"""Mean over the points of :math:`\|J F\|_F^2 / \|J\|_F^2` for Jacobians ``jac``
+    (n, r, d) (see :func:`jacobian_energy`); ``cov`` whitens first. Takes the Jacobians
+    so that several shares of one network cost one Jacobian."""
+    if cov is not None:
+        chol = jnp.linalg.cholesky(cov)
+        basis = jnp.linalg.qr(chol.T @ basis)[0]
+        jac = jac @ chol
+    num = jnp.sum((jac @ basis) ** 2, axis=(1, 2))
+    return jnp.mean(num / jnp.maximum(jnp.sum(jac ** 2, axis=(1, 2)), 1e-30))
+
+
 def jacobian_energy(params: dict, x, basis, hidden: Sequence[int] = (), activation: str = "gelu", cov=None):
     r"""Mean over the points of :math:`\|J(x)F\|_F^2 / \|J(x)\|_F^2`, the fraction of the
     embedding's Jacobian J(x) = ∂z/∂x (r×d) that acts on the subspace with orthonormal
@@ -84,16 +101,4 @@ def jacobian_energy(params: dict, x, basis, hidden: Sequence[int] = (), activati
     Args:
       x: (n, d) points; basis: (d, m) orthonormal; cov: optional (d, d) covariance.
     """
-    if cov is not None:
-        chol = jnp.linalg.cholesky(cov)
-        basis = jnp.linalg.qr(chol.T @ basis)[0]
-    else:
-        chol = None
-
-    def one(point):
-        jac = jax.jacfwd(lambda p: embed(params, p[None, :], hidden, activation)[0])(point)  # (r, d)
-        if chol is not None:
-            jac = jac @ chol
-        return jnp.sum((jac @ basis) ** 2) / jnp.maximum(jnp.sum(jac ** 2), 1e-30)
-
-    return jnp.mean(jax.vmap(one)(x))
+    return jacobian_share(jacobians(params, x, hidden, activation), basis, cov)

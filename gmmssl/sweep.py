@@ -69,7 +69,7 @@ from gmmssl._validate import check_range
 from gmmssl.results import atomic_write
 
 __all__ = ["GridTooLarge", "Sweep", "choose_chunk_size", "default_budget_bytes", "estimate_cell_bytes", "flatten_grid",
-           "run_grid", "store_fingerprint"]
+           "diff_keys", "numerics", "run_grid", "store_fingerprint"]
 
 
 def _no_data(cell):
@@ -195,7 +195,8 @@ def _as_dict(tree):
     return tree
 
 
-def _diff_keys(old: dict, new: dict) -> list[str]:
+def diff_keys(old: dict, new: dict) -> list[str]:
+    """["key (old -> new)", ...] for every key whose value differs."""
     keys = sorted(set(old) | set(new))
     return [f"{k} ({old.get(k, '<missing>')!r} -> {new.get(k, '<missing>')!r})" for k in keys
             if old.get(k) != new.get(k)]
@@ -215,6 +216,17 @@ class GridTooLarge(ValueError):
 
 
 _CELLS, _KEY = "#cells", "#key"  # reserved entries of a chunk file (output keys cannot start with "#")
+
+
+def numerics() -> dict:
+    """What changes the numbers beside the config: the float width, the backend and the
+    library versions (part of every stored chunk's and run's fingerprint)."""
+    import jaxlib
+
+    import gmmssl
+
+    return {"x64": bool(jax.config.jax_enable_x64), "backend": jax.default_backend(), "jax": jax.__version__,
+            "jaxlib": jaxlib.__version__, "numpy": np.__version__, "gmmssl": gmmssl.__version__}
 
 
 def store_fingerprint(axes: dict, fingerprint: dict | None = None) -> dict:
@@ -376,8 +388,8 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
             if path.exists():
                 old = json.loads(path.read_text())
                 if _digest({k: old.get(k) for k in ("axes", "fingerprint", "numerics")}) != key:
-                    diffs = _diff_keys(old.get("fingerprint", {}), manifest["fingerprint"])
-                    diffs += _diff_keys(old.get("numerics", {}), manifest["numerics"])
+                    diffs = diff_keys(old.get("fingerprint", {}), manifest["fingerprint"])
+                    diffs += diff_keys(old.get("numerics", {}), manifest["numerics"])
                     diffs += [] if old.get("axes") == manifest["axes"] else ["the grid axes"]
                     raise ValueError(f"--resume: {out} was written by a different config; differing: "
                                      + ("; ".join(diffs) or "the stored fingerprint"))
