@@ -1,1 +1,1 @@
-"""gmmssl benchmarks: ``python -m benchmarks [kernels|sweep|all]`` or ``gmmssl bench``."""
+"""gmmssl benchmarks: ``python -m gmmssl.benchmarks [kernels|sweep|all]`` or ``gmmssl bench``."""

@@ -15,7 +15,7 @@ import itertools
 import jax
 import jax.numpy as jnp
 
-from benchmarks.common import timed
+from gmmssl.benchmarks.common import timed
 from gmmssl import losses
 
 LOSSES = {

@@ -1,7 +1,7 @@
 """One large grid through the sweep engine, chunked automatically: wall time, throughput,
 chunk size and peak resident memory. Run in its own process so the peak is its own:
 
-    python -m benchmarks.large_grid --cells 4096 --d 64 --r 8 --batch 256 --steps 200
+    python -m gmmssl.benchmarks.large_grid --cells 4096 --d 64 --r 8 --batch 256 --steps 200
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 import jax
 import numpy as np
 
-from benchmarks.common import environment, peak_rss_mb
+from gmmssl.benchmarks.common import environment, peak_rss_mb
 from gmmssl.evaluate import make_compare_cell
 from gmmssl.gmm import parallel_pancakes
 from gmmssl.sweep import Sweep, choose_chunk_size, default_budget_bytes, estimate_cell_bytes, run_grid

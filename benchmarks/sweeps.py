@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.common import peak_rss_mb, time_stats
+from gmmssl.benchmarks.common import peak_rss_mb, time_stats
 from gmmssl import losses
 from gmmssl.augment import sample_pairs
 from gmmssl.gmm import parallel_pancakes, random_gmm
@@ -102,7 +102,7 @@ def run(configs=("pancakes", "delta"), sizes=(1, 16, 256, 4096), loop_sizes=(1, 
             rows.append({"config": name, "method": "loop_steps", "G": g, "median_s": med,
                          "model_steps_per_s": g * cfg.steps / med})
     if "pancakes" in configs and loop_sizes:
-        from benchmarks import torch_loop
+        from gmmssl.benchmarks import torch_loop
 
         if torch_loop.available():
             rows.append(torch_loop.run(models=max(loop_sizes), steps=CONFIGS["pancakes"]["cfg"].steps,

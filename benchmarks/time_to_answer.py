@@ -35,7 +35,7 @@ def capture_curve(run, min_delta: float = 0.25):
 def run(out_dir="results/bench/time_to_answer", batch_size: int = 4096, overrides: dict | None = None,
         progress=None) -> dict:
     """Runs the delta experiment once per loss; returns rows and the speed-up."""
-    import experiments
+    import gmmssl.experiments as experiments
     from gmmssl.experiment import run_experiment
 
     rows, curves = [], {}

@@ -1,6 +1,6 @@
 """The experiment registry: ``gmmssl list`` shows these, ``gmmssl run NAME`` runs one."""
-from experiments import (clip, conjecture, delta, dimension, heteroscedastic, nonlinear, pancakes, rank, real,
-                         simsiam_xi, variance)
+from gmmssl.experiments import (clip, conjecture, delta, dimension, heteroscedastic, nonlinear, pancakes, rank, real,
+                                simsiam_xi, variance)
 
 REGISTRY = {e.name: e for e in (pancakes.EXPERIMENT, delta.EXPERIMENT, dimension.EXPERIMENT, variance.EXPERIMENT,
                                  rank.EXPERIMENT, simsiam_xi.EXPERIMENT, clip.EXPERIMENT, real.EXPERIMENT,

@@ -19,7 +19,7 @@ import dataclasses
 
 import numpy as np
 
-from experiments._compare import by_method_x, comparison, groups
+from gmmssl.experiments._compare import by_method_x, comparison, groups
 from gmmssl import plots, results
 
 DEFAULTS = {

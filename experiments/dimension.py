@@ -7,7 +7,7 @@ capture stays below InfoNCE's at every d.
 """
 from __future__ import annotations
 
-from experiments._compare import by_method_x, comparison, groups
+from gmmssl.experiments._compare import by_method_x, comparison, groups
 from gmmssl import results
 
 DEFAULTS = {

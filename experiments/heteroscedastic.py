@@ -19,7 +19,7 @@ differences carry information LDA's criterion ignores).
 """
 from __future__ import annotations
 
-from experiments._compare import by_method_x, comparison, groups
+from gmmssl.experiments._compare import by_method_x, comparison, groups
 from gmmssl import results
 
 EXTRA = ("bayes_retained", "oracle_capture", "sufficient_capture")

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments._compare import mixture
+from gmmssl.experiments._compare import mixture
 from gmmssl import fisher, metrics, plots, projectors, results
 from gmmssl._validate import check_choice, check_int
 from gmmssl.evaluate import cell_hparams

@@ -13,7 +13,7 @@ mean ARI within 0.02 of LDA's; at δ = 0 it has no signal and fails like PCA (me
 """
 from __future__ import annotations
 
-from experiments._compare import by_method_x, comparison, groups
+from gmmssl.experiments._compare import by_method_x, comparison, groups
 from gmmssl import results
 
 DEFAULTS = {

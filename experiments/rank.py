@@ -11,7 +11,7 @@ singular values would hide this on anisotropic data) is at most m + 0.5 in every
 """
 from __future__ import annotations
 
-from experiments._compare import by_method_x, comparison
+from gmmssl.experiments._compare import by_method_x, comparison
 from gmmssl import results
 
 DEFAULTS = {

@@ -30,7 +30,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from experiments._compare import BASE, STATIC_KEYS, build as compare_build, mixture
+from gmmssl.experiments._compare import BASE, STATIC_KEYS, build as compare_build, mixture
 from gmmssl import plots, results
 from gmmssl.experiment import Experiment
 from gmmssl.fisher import canonical_correlations

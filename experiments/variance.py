@@ -18,7 +18,7 @@ InfoNCE is ahead.
 """
 from __future__ import annotations
 
-from experiments._compare import by_method_x, comparison, groups
+from gmmssl.experiments._compare import by_method_x, comparison, groups
 from gmmssl import results
 
 DEFAULTS = {

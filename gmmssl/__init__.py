@@ -1,11 +1,31 @@
 """gmmssl: self-supervised learning on Gaussian mixtures, in JAX.
 
 Modules, in the order data flows: :mod:`gmmssl.gmm` (mixtures) and :mod:`gmmssl.data`
-(labelled data sets), :mod:`gmmssl.augment` (AeD(δ) pairs), :mod:`gmmssl.losses`,
-:mod:`gmmssl.train`, :mod:`gmmssl.fisher` (subspaces and baselines),
-:mod:`gmmssl.metrics`, :mod:`gmmssl.evaluate` (one grid cell of a comparison),
-:mod:`gmmssl.sweep` (grids), :mod:`gmmssl.results` (tidy tables, verdicts),
-:mod:`gmmssl.plots`, :mod:`gmmssl.experiment` (the runner), :mod:`gmmssl.report`,
-:mod:`gmmssl.cli`.
+(labelled data sets, your own pair sources), :mod:`gmmssl.augment` (AeD(δ) pairs),
+:mod:`gmmssl.losses`, :mod:`gmmssl.train` (the trainer and its extension points:
+:class:`gmmssl.train.Objective`, optimizers, schedules), :mod:`gmmssl.fisher` (subspaces
+and baselines), :mod:`gmmssl.metrics`, :mod:`gmmssl.evaluate` (one grid cell of a
+comparison), :mod:`gmmssl.sweep` (grids: :func:`gmmssl.sweep.map_grid` for a sweep from
+a script), :mod:`gmmssl.results` (tidy tables, verdicts), :mod:`gmmssl.plots`,
+:mod:`gmmssl.experiment` (the runner), :mod:`gmmssl.report`, :mod:`gmmssl.cli`; the
+paper's experiments in :mod:`gmmssl.experiments`, the benchmarks in
+:mod:`gmmssl.benchmarks`.
+
+The library modules are imported with the package (``import gmmssl; gmmssl.losses.infonce``);
+the others (plots, the runner, the CLI, experiments, benchmarks) on first use.
 """
+import importlib
+
+from gmmssl import augment, data, evaluate, fisher, gmm, losses, metrics, projectors, results, sweep, train
+
 __version__ = "0.1.0"
+
+_LAZY = ("benchmarks", "cli", "experiment", "experiments", "plots", "report")
+__all__ = ["__version__", "augment", "data", "evaluate", "fisher", "gmm", "losses", "metrics", "projectors",
+           "results", "sweep", "train", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return importlib.import_module(f"gmmssl.{name}")
+    raise AttributeError(f"module 'gmmssl' has no attribute {name!r}")

@@ -22,7 +22,7 @@ def _parser():
     p.add_argument("--version", action="version", version=f"gmmssl {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the experiments")
-    bench = sub.add_parser("bench", help="run the benchmarks (python -m benchmarks)")
+    bench = sub.add_parser("bench", help="run the benchmarks (python -m gmmssl.benchmarks)")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="kernels|sweep|all [--quick] [--out DIR]")
     rep = sub.add_parser("report", help="gather results/*/ into docs/RESULTS.md and docs/open-questions.md")
     rep.add_argument("--results", default="results", help="folder holding one folder per experiment")
@@ -66,7 +66,7 @@ def _os_error(err: OSError, out) -> str:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    import experiments
+    import gmmssl.experiments as experiments
 
     if args.command == "list":
         for name, exp in experiments.REGISTRY.items():
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
         return 0
 
     if args.command == "bench":
-        from benchmarks.__main__ import main as bench_main
+        from gmmssl.benchmarks.__main__ import main as bench_main
 
         return bench_main(args.args)
 
@@ -146,7 +146,7 @@ def _run_all(args) -> int:
     a key that none knows is refused)."""
     import time
 
-    import experiments
+    import gmmssl.experiments as experiments
     from gmmssl.experiment import parse_overrides
 
     start = time.perf_counter()

@@ -5,6 +5,13 @@ pairs the way AeD(δ) does for a mixture (SPEC 3.3, mode "prior"): x is a random
 with probability δ its partner x⁺ is another random point of the same class, otherwise a
 random point of the whole set (whose class follows the empirical class frequencies).
 
+Your own data source: the trainer needs only a :class:`PairSource`, a pytree (so it can
+be passed through ``jax.jit``/``jax.vmap``: a ``flax.struct.dataclass`` or
+``chex.dataclass`` with arrays as fields) with an integer ``dim`` (d, static) and
+``pairs(key, n, hparams) -> (x, x_pos)``, two (n, d) arrays of positive pairs drawn
+with the traced hyper-parameters (``hparams["delta"]`` and any of the objective's own).
+``TrainConfig`` then trains on it like on a mixture.
+
 ``load_features(path)`` reads features a user extracted elsewhere (for example CIFAR-100
 features from any backbone) from a ``.npz`` file with arrays ``X`` and ``y``, or from a
 pair ``X.npy``/``y.npy`` in a folder, and validates them.
@@ -12,6 +19,7 @@ pair ``X.npy``/``y.npy`` in a folder, and validates them.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +27,33 @@ import numpy as np
 
 from gmmssl._validate import check_int, check_range
 
-__all__ = ["Dataset", "load_digits", "load_features", "sample_dataset_pairs"]
+__all__ = ["Dataset", "PairSource", "load_digits", "load_features", "sample_dataset_pairs"]
+
+
+@runtime_checkable
+class PairSource(Protocol):
+    """What the trainer needs from a data source (see the module docstring).
+
+    Example: Gaussian pairs around a (d,) direction, with a traced noise level:
+
+      >>> import flax.struct, jax, jax.numpy as jnp
+      >>> @flax.struct.dataclass
+      ... class Noisy:
+      ...     direction: jax.Array
+      ...     dim: int = flax.struct.field(pytree_node=False, default=3)
+      ...     def pairs(self, key, n, hparams):
+      ...         k1, k2, k3 = jax.random.split(key, 3)
+      ...         s = jnp.where(jax.random.bernoulli(k1, 0.5, (n, 1)), 1.0, -1.0)
+      ...         x = s * self.direction + jax.random.normal(k2, (n, self.dim))
+      ...         return x, s * self.direction + jax.random.normal(k3, (n, self.dim))
+      >>> isinstance(Noisy(jnp.array([2.0, 0.0, 0.0])), PairSource)
+      True
+    """
+
+    dim: int
+
+    def pairs(self, key, n: int, hparams: dict) -> tuple:
+        ...
 
 
 @jax.tree_util.register_pytree_node_class

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from gmmssl import fisher, metrics
 from gmmssl.augment import sample_pairs
 from gmmssl.gmm import GMM, HeteroGMM, sample
-from gmmssl.train import HPARAM_RANGES, TrainConfig, diverged, init_params, train
+from gmmssl.train import HPARAM_RANGES, TrainConfig, diverged, hparam_ranges, init_params, make_hparams, train
 
 __all__ = ["METRICS", "cell_hparams", "evaluate_methods", "make_compare_cell", "score_projector"]
 
@@ -112,9 +112,11 @@ def evaluate_methods(key, gmm: GMM, hparams: dict, config: TrainConfig, fisher_b
     return {"metrics": scores, "projectors": projectors}
 
 
-def cell_hparams(cell: dict) -> dict:
-    """The hyper-parameters among a cell's values (the others take their defaults)."""
-    return {k: v for k, v in cell.items() if k in HPARAM_RANGES}
+def cell_hparams(cell: dict, config: TrainConfig | None = None) -> dict:
+    """The hyper-parameters among a cell's values (the others take their defaults): the
+    built-in ones and those of ``config``'s objective."""
+    names = HPARAM_RANGES if config is None else hparam_ranges(config)
+    return {k: v for k, v in cell.items() if k in names}
 
 
 def make_compare_cell(mixture_fn, config: TrainConfig, num_directions: int | None = None, **kwargs):
@@ -143,7 +145,7 @@ def make_compare_cell(mixture_fn, config: TrainConfig, num_directions: int | Non
 
     def train_fn(cell, data):
         k_train = _keys(jax.random.PRNGKey(cell["seed"]))[0]
-        return train(k_train, data["gmm"], cell_hparams(cell), config, data["fisher"])
+        return train(k_train, data["gmm"], cell_hparams(cell, config), config, data["fisher"])
 
     def evaluate_fn(cell, data, trained):
         key = jax.random.PRNGKey(cell["seed"])
@@ -151,13 +153,14 @@ def make_compare_cell(mixture_fn, config: TrainConfig, num_directions: int | Non
         start = init_params(_keys(key)[0], gmm, config)["A"]
         failed = diverged(trained)
         a = jnp.where(failed, jnp.nan, trained.params["A"])  # a diverged run scores NaN, never 0
-        learned = {config.loss: a, "init": start}
-        out = evaluate_methods(key, gmm, cell_hparams(cell), config, data["fisher"], learned, **kwargs)
-        for name, scores in out["metrics"].items():
-            scores["diverged"] = failed if name == config.loss else jnp.asarray(False)
-        out["metrics"][config.loss]["final_loss"] = trained.history["loss"][-1]
+        name = config.loss_name
+        learned = {name: a, "init": start}
+        out = evaluate_methods(key, gmm, {**make_hparams(config), **cell_hparams(cell, config)}, config, data["fisher"], learned, **kwargs)
+        for method, scores in out["metrics"].items():
+            scores["diverged"] = failed if method == name else jnp.asarray(False)
+        out["metrics"][name]["final_loss"] = trained.history["loss"][-1]
         capture = trained.history["fisher_capture"]
-        out["metrics"][config.loss]["capture_at_quarter"] = capture[max(capture.shape[0] // 4 - 1, 0)]
+        out["metrics"][name]["capture_at_quarter"] = capture[max(capture.shape[0] // 4 - 1, 0)]
         out["history"] = dict(trained.history)
         return out
 

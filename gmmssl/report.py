@@ -69,7 +69,7 @@ def write_report(results_root="results", docs="docs", names=None, partial: bool 
     """docs/RESULTS.md from the finished runs under ``results_root``. Refuses (ValueError,
     nothing written) when no experiment has finished results, or when some have none
     and ``partial`` is False (the committed report would lose their sections)."""
-    import experiments
+    import gmmssl.experiments as experiments
 
     root, docs = Path(results_root), Path(docs)
     _check_coverage(root, [n for n in experiments.REGISTRY if not names or n in names], partial, "the report")
@@ -132,7 +132,7 @@ def write_open_questions(results_root="results", docs="docs", partial: bool = Fa
     what was run, the verdict recomputed from its results.csv, and the experiment's own
     data-driven summary (its ``findings``), with its figure. Refuses like
     :func:`write_report`."""
-    import experiments
+    import gmmssl.experiments as experiments
     from gmmssl.experiment import Run
 
     root, docs = Path(results_root), Path(docs)

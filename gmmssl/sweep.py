@@ -68,8 +68,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from gmmssl._validate import check_range
 from gmmssl.results import atomic_write
 
-__all__ = ["GridTooLarge", "Sweep", "choose_chunk_size", "default_budget_bytes", "estimate_cell_bytes", "flatten_grid",
-           "diff_keys", "numerics", "run_grid", "store_fingerprint"]
+__all__ = ["GridTooLarge", "Sweep", "choose_chunk_size", "default_budget_bytes", "diff_keys", "estimate_cell_bytes",
+           "flatten_grid", "flatten_tree", "map_grid", "numerics", "run_grid", "store_fingerprint", "trainer_ranges"]
 
 
 def _no_data(cell):
@@ -314,13 +314,87 @@ def _validate_axes(axes: dict, ranges: dict) -> None:
             raise ValueError(f"axis 'seed' must hold non-negative integers, got {list(values)!r}")
         if name in ranges:
             low, high, low_open, high_open = ranges[name]
-            check_range(name, arr, low, high, low_open=low_open, high_open=high_open)
+            for value in arr.tolist():  # the first offending value, named
+                check_range(name, value, low, high, low_open=low_open, high_open=high_open)
 
 
-def _hparam_ranges() -> dict:
-    from gmmssl.train import HPARAM_RANGES
+def trainer_ranges(config=None) -> dict:
+    """The valid ranges of the trainer's hyper-parameters as axis ranges for
+    :class:`Sweep` (``{name: (low, high, low_open, high_open)}``): the built-in ones and,
+    given a :class:`gmmssl.train.TrainConfig`, those of its objective."""
+    from gmmssl.train import HPARAM_RANGES, hparam_ranges
 
-    return {n: (lo, hi, lo_open, hi == float("inf")) for n, (_, lo, hi, lo_open) in HPARAM_RANGES.items()}
+    ranges = HPARAM_RANGES if config is None else hparam_ranges(config)
+    return {n: (lo, hi, lo_open, hi == float("inf")) for n, (_, lo, hi, lo_open) in ranges.items()}
+
+
+_hparam_ranges = trainer_ranges
+
+
+def map_grid(fn: Callable[[dict], Any], axes: Mapping[str, Any], *, score_fn: Callable | None = None,
+             ranges: Mapping[str, tuple] | None = None, cell_bytes: int = 1 << 20, out_dir=None,
+             resume: bool = False, overwrite: bool = False, fingerprint: dict | None = None,
+             chunk_size: int | None = None, budget_bytes: int | None = None,
+             progress: Callable[[str], None] | bool | None = None) -> list[dict]:
+    """A sweep from a script: ``fn`` on every cell of a grid, as tidy rows.
+
+    The grid is the cartesian product of ``axes`` (name -> values; first axis slowest).
+    Each cell is a dict of traced scalars, so the grid compiles once: ``fn`` is vmapped
+    over chunks of cells (the hot path: training), then the optional ``score_fn(cell, out)``
+    runs cell by cell (``lax.map``: put eigendecompositions, SVDs and k-means there; see
+    :mod:`gmmssl.evaluate` for why not under vmap). Chunking, device sharding, progress
+    and resume are those of :func:`run_grid` (stored chunks in ``out_dir``).
+
+    Args:
+      fn: cell -> nested dict of arrays (traceable; seed a key with
+        ``jax.random.PRNGKey(cell["seed"])``).
+      axes: {name: sequence of numbers}; an axis named "seed" must hold non-negative ints.
+      score_fn: optional (cell, fn's output) -> nested dict, mapped cell by cell; its
+        output replaces fn's.
+      ranges: valid ranges of your own axes, {name: (low, high, low_open, high_open)}
+        (the trainer's hyper-parameters are always checked; for an objective's own, pass
+        :func:`trainer_ranges` of its config).
+      cell_bytes: memory estimate of one cell (chunk sizing; :func:`estimate_cell_bytes`).
+      progress: a callable receiving one line per chunk, True for lines on stderr, or None.
+      out_dir, resume, overwrite, chunk_size, budget_bytes: as in :func:`run_grid`.
+      fingerprint: as in :func:`run_grid`; required with ``out_dir`` (describe what fn
+        computes: resuming reuses only chunks stored under the same fingerprint).
+
+    Returns:
+      One dict per cell: the axis values, then every output leaf under its "/"-joined
+      path (scalars as Python numbers, larger leaves as numpy arrays):
+      ``pandas.DataFrame(rows)`` is the table.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> rows = map_grid(lambda c: {"y": c["x"] * 2.0 + c["seed"]}, {"x": [0.5, 1.0], "seed": [0, 1]})
+      >>> [(r["x"], r["seed"], r["y"]) for r in rows]
+      [(0.5, 0, 1.0), (0.5, 1, 2.0), (1.0, 0, 2.0), (1.0, 1, 3.0)]
+    """
+    if not callable(fn) or (score_fn is not None and not callable(score_fn)):
+        raise ValueError("map_grid: fn (and score_fn, when given) must be callable")
+    if out_dir is not None and not fingerprint:
+        raise ValueError("map_grid with out_dir needs a fingerprint: a JSON-able description of what fn computes "
+                         "(its config, a version), so that resuming never reuses chunks another fn wrote")
+    if progress is True:
+        import sys
+
+        progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    score = (lambda cell, data, out: out) if score_fn is None else (lambda cell, data, out: score_fn(cell, out))
+    spec = Sweep(lambda cell, data: fn(cell), score, dict(axes), cell_bytes, ranges=dict(ranges or {}))
+    grid, outputs = run_grid(spec, out_dir=out_dir, resume=resume, overwrite=overwrite, fingerprint=fingerprint,
+                             chunk_size=chunk_size, budget_bytes=budget_bytes, progress=progress or None)
+    flat = flatten_tree(_as_dict(outputs))
+    clash = sorted(set(flat) & set(grid))
+    if clash:
+        raise ValueError(f"map_grid: output names {clash} are also axis names; rename them")
+    size = len(next(iter(grid.values())))
+    rows = []
+    for g in range(size):
+        row = {name: values[g].item() for name, values in grid.items()}
+        row.update({k: (v[g].item() if v[g].ndim == 0 else v[g]) for k, v in flat.items()})
+        rows.append(row)
+    return rows
 
 
 def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool = False,

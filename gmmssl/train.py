@@ -8,9 +8,18 @@ over a grid (δ, learning rate, temperature, ξ) live in ``hparams``, a dict of 
 so ``jax.vmap(train, in_axes=(0, None, 0, None))`` trains a whole grid in one compiled
 call. Static choices (shapes, loss, schedule) live in the frozen ``TrainConfig``.
 
-Optimizer: Adam through ``optax.inject_hyperparams`` (so the learning rate is a traced
-value), with a cosine decay of the rate to ``final_lr_fraction`` of its peak by
-default: constant-rate Adam leaves a noise floor in the learned subspace.
+Optimizer: Adam by default, with a cosine decay of the rate
+(``optax.cosine_decay_schedule``) to ``final_lr_fraction`` of its peak: constant-rate Adam
+leaves a noise floor in the learned subspace. The peak rate is the traced
+hyper-parameter "learning_rate"; ``TrainConfig(optimizer=..., schedule=...)`` takes any
+optax optimizer factory and any schedule.
+
+Extension points (no global registry): ``TrainConfig(loss=Objective(...))`` trains a
+user-defined :class:`Objective` (its own loss on embeddings, its own initialization,
+its own traced hyper-parameters with their valid ranges, its own batches); the
+built-in losses are :class:`Objective` values too (:data:`OBJECTIVES`), on the same route.
+Data: a :class:`gmmssl.gmm.GMM`, a :class:`gmmssl.data.Dataset`, or any
+:class:`gmmssl.data.PairSource` (a pytree with ``dim`` and ``pairs(key, n, hparams)``).
 
 History: every ``log_every`` steps the scan records the mean loss over the block, the
 current learning rate and, when a Fisher basis is given, the Fisher capture.
@@ -18,7 +27,7 @@ current learning rate and, when a Fisher basis is given, the Fisher capture.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,8 +40,10 @@ from gmmssl.data import Dataset, sample_dataset_pairs
 from gmmssl.gmm import GMM, HeteroGMM, MultiModalGMM, sample_multimodal
 from gmmssl.metrics import fisher_capture
 
-__all__ = ["DEFAULT_HPARAMS", "HPARAM_RANGES", "IN_BATCH_LOSSES", "OBJECTIVES", "TrainConfig", "TrainResult",
-           "check_setup", "diverged", "hparams_in_range", "init_params", "make_hparams", "train", "validate_hparams"]
+__all__ = ["DEFAULT_HPARAMS", "HPARAM_RANGES", "IN_BATCH_LOSSES", "OBJECTIVES", "SCHEDULES", "Objective",
+           "TrainConfig", "TrainResult", "aed_pairs", "check_setup", "diverged", "embed", "hparam_ranges",
+           "hparams_in_range", "init_params", "init_projector", "learning_rate_schedule", "make_hparams",
+           "objective_of", "train", "validate_hparams"]
 
 # name: (default, low, high, low_open)
 HPARAM_RANGES = {
@@ -45,26 +56,31 @@ DEFAULT_HPARAMS = {name: spec[0] for name, spec in HPARAM_RANGES.items()}
 SCHEDULES = ("cosine", "constant")
 
 
-def validate_hparams(hparams: dict) -> None:
-    """Raises ValueError for an unknown hyper-parameter or a concrete value out of range."""
+def validate_hparams(hparams: dict, ranges: dict | None = None) -> None:
+    """Raises ValueError for an unknown hyper-parameter or a concrete value out of range.
+
+    ranges: {name: (default, low, high, low_open)}; default :data:`HPARAM_RANGES` (a
+    config's own: :func:`hparam_ranges`)."""
+    ranges = HPARAM_RANGES if ranges is None else ranges
     for name, value in hparams.items():
-        if name not in HPARAM_RANGES:
-            raise ValueError(f"unknown hyper-parameter {name!r}; known: {sorted(HPARAM_RANGES)}")
-        _, low, high, low_open = HPARAM_RANGES[name]
+        if name not in ranges:
+            raise ValueError(f"unknown hyper-parameter {name!r}; known: {sorted(ranges)}")
+        _, low, high, low_open = ranges[name]
         check_range(name, value, low, high, low_open=low_open, high_open=high == float("inf"))
 
 
-def hparams_in_range(hparams: dict) -> jax.Array:
+def hparams_in_range(hparams: dict, ranges: dict | None = None) -> jax.Array:
     """A traceable boolean: every known hyper-parameter finite and inside its range.
 
     Under jit/vmap the values are tracers that :func:`validate_hparams` cannot see; the
     trainer uses this to turn a cell with an out-of-range value into NaN outputs (flagged
     diverged) instead of training it with a clipped or meaningless value."""
+    ranges = HPARAM_RANGES if ranges is None else ranges
     ok = jnp.asarray(True)
     for name, value in hparams.items():
-        if name not in HPARAM_RANGES:
+        if name not in ranges:
             continue
-        _, low, high, low_open = HPARAM_RANGES[name]
+        _, low, high, low_open = ranges[name]
         v = jnp.asarray(value)
         inside = jnp.isfinite(v) & ((v > low) if low_open else (v >= low))
         if high != float("inf"):
@@ -73,10 +89,12 @@ def hparams_in_range(hparams: dict) -> jax.Array:
     return ok
 
 
-def make_hparams(**overrides) -> dict:
-    """The default hyper-parameters with ``overrides``, validated, as float32 scalars."""
-    hp = dict(DEFAULT_HPARAMS, **overrides)
-    validate_hparams(hp)
+def make_hparams(config: "TrainConfig | None" = None, **overrides) -> dict:
+    """The default hyper-parameters (the built-in ones and those of ``config``'s
+    objective) with ``overrides``, validated, as float32 scalars."""
+    ranges = HPARAM_RANGES if config is None else hparam_ranges(config)
+    hp = dict({name: spec[0] for name, spec in ranges.items()}, **overrides)
+    validate_hparams(hp, ranges)
     return {k: jnp.asarray(v, jnp.float32) for k, v in hp.items()}
 
 
@@ -88,10 +106,18 @@ class TrainConfig:
       r: embedding dimension, 1 <= r <= d.
       batch_size: pairs per step B.
       steps: optimizer steps (a multiple of ``log_every``).
-      loss: key of :data:`OBJECTIVES`.
+      loss: a built-in objective's name (a key of :data:`OBJECTIVES`) or an
+        :class:`Objective` of your own.
       similarity, symmetric: InfoNCE options.
       mode: AeD mode, "prior" or "other".
-      schedule: "cosine" (decay to ``final_lr_fraction``) or "constant".
+      schedule: "cosine" (``optax.cosine_decay_schedule`` to ``final_lr_fraction`` of the
+        peak), "constant", or a callable (peak, steps) -> optax schedule (count -> rate);
+        the peak is the traced hyper-parameter "learning_rate".
+      optimizer: an optax optimizer factory, called with the schedule as its learning
+        rate (default ``optax.adam``; e.g. ``optax.sgd``, or
+        ``lambda lr: optax.adamw(lr, weight_decay=1e-4)``), or a ready
+        ``optax.GradientTransformation`` (its own rate: the "learning_rate"
+        hyper-parameter and the schedule are then unused, and the history records no rate).
       log_every: steps between history records.
       init_scale: A's entries start as N(0, init_scale²/d).
       num_samples: None for fresh pairs every step; an int n for minibatches from a
@@ -123,48 +149,138 @@ class TrainConfig:
     stop_gradient: bool = True
     hidden: tuple = ()
     activation: str = "gelu"
+    optimizer: Any = optax.adam
+
+    @property
+    def objective(self) -> "Objective":
+        """The :class:`Objective` this config trains."""
+        return objective_of(self.loss)
+
+    @property
+    def loss_name(self) -> str:
+        """The objective's name (the method name in results)."""
+        return self.objective.name
 
     def validate(self, d: int) -> None:
         check_int("r", self.r, low=1, high=d)
-        check_int("batch_size", self.batch_size, low=2 if self.loss in IN_BATCH_LOSSES else 1)
+        objective = self.objective
+        check_int("batch_size", self.batch_size, low=2 if objective.in_batch else 1)
         check_int("steps", self.steps, low=1)
         check_int("log_every", self.log_every, low=1, high=self.steps)
         if self.steps % self.log_every:
             raise ValueError(f"steps ({self.steps}) must be a multiple of log_every ({self.log_every})")
-        check_choice("loss", self.loss, OBJECTIVES)
         check_choice("similarity", self.similarity, losses._common.SIMILARITIES)
         check_choice("mode", self.mode, MODES)
-        check_choice("schedule", self.schedule, SCHEDULES)
+        if not callable(self.schedule):
+            check_choice("schedule", self.schedule, SCHEDULES)
+        if not (callable(self.optimizer) or isinstance(self.optimizer, optax.GradientTransformation)):
+            raise ValueError(f"optimizer must be an optax optimizer factory (such as optax.adam) or an "
+                             f"optax.GradientTransformation, got {self.optimizer!r}")
         check_choice("distance", self.distance, losses._simsiam.DISTANCES)
         check_range("final_lr_fraction", self.final_lr_fraction, 0.0, 1.0)
         check_range("init_scale", self.init_scale, 0.0, float("inf"), low_open=True, high_open=True)
         if self.num_samples is not None:
             check_int("num_samples", self.num_samples, low=self.batch_size)
         projectors.check_hidden(self.hidden, self.activation)
-        if self.hidden and self.loss not in NONLINEAR_LOSSES:
-            raise ValueError(f"loss {self.loss!r} needs a linear projector (hidden=()); an MLP projector "
-                             f"trains with {', '.join(NONLINEAR_LOSSES)}")
+        if self.hidden and not objective.nonlinear:
+            raise ValueError(f"loss {objective.name!r} needs a linear projector (hidden=()); an MLP projector "
+                             f"trains with {', '.join(NONLINEAR_LOSSES)} (or an Objective with nonlinear=True)")
 
 
-class Objective(NamedTuple):
-    """A trainable loss.
+@dataclasses.dataclass(frozen=True, eq=False)
+class Objective:
+    r"""A trainable objective: what :func:`train` needs to know about a loss.
 
-    init(key, gmm, config) -> params; loss(params, x, x_pos, hparams, config, gmm) -> scalar;
-    batch(key, gmm, n, hparams, config) -> (x, x_pos), the training pairs;
-    data: the mixture type it trains on.
+    The built-in losses are Objectives (:data:`OBJECTIVES`); a user's own loss is one
+    too, passed as ``TrainConfig(loss=Objective(...))``: no registry, no global state.
+    Compared by identity, so keep one instance per objective (one compilation).
+
+    Attributes:
+      name: the method name in results (e.g. "dcl").
+      loss: (params, x, x_pos, hparams, config, data) -> scalar. Embed the batch with
+        :func:`embed` (``embed(params, x, config)``, the linear or MLP projector) and
+        apply a loss on the (B, r) embeddings; ``hparams`` is a dict of traced scalars
+        (the built-in ones and this objective's own).
+      init: (key, data, config) -> params, a dict with "A" (the projector the metrics
+        score; default :func:`init_projector`: A (d, r) ~ N(0, init_scale²/d)).
+      batch: (key, data, n, hparams, config) -> (x, x_pos), the n training pairs of one
+        step (default :func:`aed_pairs`: AeD(δ) pairs of a GMM, Dataset or PairSource).
+      hparams: this objective's own traced hyper-parameters,
+        {name: (default, low, high, low_open)}; they become grid axes like "delta"
+        (validated the same way, out-of-range traced values give NaN).
+      data: the data types it trains on (None: any the batch function accepts).
+      in_batch: the loss compares rows of the batch (needs B ≥ 2).
+      nonlinear: it may train an MLP projector (``TrainConfig(hidden=...)``).
+
+    Example (decoupled contrastive learning: InfoNCE without the positive in the
+    denominator, with a traced weight):
+
+      >>> import jax.numpy as jnp
+      >>> from jax.nn import logsumexp
+      >>> def dcl(params, x, x_pos, hparams, config, data):
+      ...     z, zp = embed(params, x, config), embed(params, x_pos, config)
+      ...     logits = z @ zp.T / hparams["temperature"]
+      ...     off = jnp.where(jnp.eye(z.shape[0], dtype=bool), -jnp.inf, logits)
+      ...     return jnp.mean(logsumexp(off, axis=1) - hparams["alpha"] * jnp.diagonal(logits))
+      >>> DCL = Objective("dcl", dcl, hparams={"alpha": (1.0, 0.0, 10.0, False)})
+      >>> TrainConfig(loss=DCL, steps=10, log_every=5).loss_name
+      'dcl'
     """
 
-    init: Callable
+    name: str
     loss: Callable
-    batch: Callable
-    data: tuple = (GMM, Dataset)
+    init: Callable | None = None
+    batch: Callable | None = None
+    hparams: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
+    data: tuple | None = None
+    in_batch: bool = True
+    nonlinear: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"Objective name must be a non-empty string, got {self.name!r}")
+        for attr in ("loss", "init", "batch"):
+            fn = getattr(self, attr)
+            if fn is not None and not callable(fn):
+                raise ValueError(f"Objective {self.name!r}: {attr} must be callable, got {fn!r}")
+        for hp, spec in dict(self.hparams).items():
+            if hp in HPARAM_RANGES:
+                raise ValueError(f"Objective {self.name!r}: hyper-parameter {hp!r} is built in; choose another name")
+            if not (isinstance(spec, tuple) and len(spec) == 4):
+                raise ValueError(f"Objective {self.name!r}: hparams[{hp!r}] must be (default, low, high, low_open), "
+                                 f"got {spec!r}")
+            default, low, high, low_open = spec
+            check_range(hp, default, low, high, low_open=low_open, high_open=high == float("inf"))
+
+    def init_params(self, key, data, config):
+        return (self.init or init_projector)(key, data, config)
+
+    def pairs(self, key, data, n, hparams, config):
+        return (self.batch or aed_pairs)(key, data, n, hparams, config)
+
+
+def objective_of(loss) -> Objective:
+    """The :class:`Objective` of ``TrainConfig.loss``: a built-in name or an Objective."""
+    if isinstance(loss, Objective):
+        return loss
+    check_choice("loss", loss, OBJECTIVES)
+    return OBJECTIVES[loss]
+
+
+def hparam_ranges(config: "TrainConfig") -> dict:
+    """{name: (default, low, high, low_open)}: the built-in hyper-parameters and those
+    of the config's objective."""
+    return {**HPARAM_RANGES, **dict(config.objective.hparams)}
 
 
 def _projector(key, d, config):
     return config.init_scale * jax.random.normal(key, (d, config.r)) / jnp.sqrt(d)
 
 
-def _init_projector(key, gmm, config):
+def init_projector(key, data, config):
+    """The default initialization: {"A": (d, r)} with entries N(0, init_scale²/d), d =
+    ``data.dim`` (with ``config.hidden``: an MLP then A (h, r), see :mod:`gmmssl.projectors`)."""
+    gmm = data
     if config.hidden:
         k_mlp, k_head = jax.random.split(key)
         return {"mlp": projectors.init_mlp(k_mlp, gmm.dim, config.hidden, config.activation),
@@ -172,13 +288,15 @@ def _init_projector(key, gmm, config):
     return {"A": _projector(key, gmm.dim, config)}
 
 
-def _embed(params, x, config):
+def embed(params, x, config):
+    """The embeddings z = f(x) (B, r) of a batch x (B, d) under ``params``: xA for the linear
+    projector, the MLP then A with ``config.hidden``."""
     return projectors.embed(params, x, config.hidden, config.activation)
 
 
 def _init_simsiam(key, gmm, config):
     k_a, k_p = jax.random.split(key)
-    params = _init_projector(k_a, gmm, config)
+    params = init_projector(k_a, gmm, config)
     if config.predictor:
         params["P"] = jnp.eye(config.r) + 0.01 * jax.random.normal(k_p, (config.r, config.r))
     return params
@@ -189,11 +307,17 @@ def _init_clip(key, gmm, config):
     return {"A": _projector(k1, gmm.dims[0], config), "A2": _projector(k2, gmm.dims[1], config)}
 
 
-def _aed_pairs(key, gmm, n, hparams, config):
-    if isinstance(gmm, Dataset):
-        x, x_pos, _, _ = sample_dataset_pairs(key, gmm, n, hparams["delta"])
+def aed_pairs(key, data, n, hparams, config):
+    """The default batch: n AeD(δ) pairs (x, x⁺), each (n, d), δ = hparams["delta"]:
+    :func:`gmmssl.augment.sample_pairs` for a GMM (``config.mode``),
+    :func:`gmmssl.data.sample_dataset_pairs` for a Dataset, ``data.pairs(key, n, hparams)``
+    for any other :class:`gmmssl.data.PairSource`."""
+    if isinstance(data, Dataset):
+        x, x_pos, _, _ = sample_dataset_pairs(key, data, n, hparams["delta"])
+    elif isinstance(data, GMM):
+        x, x_pos, _, _ = sample_pairs(key, data, n, hparams["delta"], config.mode)
     else:
-        x, x_pos, _, _ = sample_pairs(key, gmm, n, hparams["delta"], config.mode)
+        x, x_pos = data.pairs(key, n, hparams)
     return x, x_pos
 
 
@@ -203,7 +327,7 @@ def _modality_pairs(key, gmm, n, hparams, config):
 
 
 def _infonce_loss(params, x, x_pos, hparams, config, gmm):
-    return losses.infonce(_embed(params, x, config), _embed(params, x_pos, config), temperature=hparams["temperature"],
+    return losses.infonce(embed(params, x, config), embed(params, x_pos, config), temperature=hparams["temperature"],
                           similarity=config.similarity, symmetric=config.symmetric)
 
 
@@ -215,12 +339,12 @@ def _infonce_population_loss(params, x, x_pos, hparams, config, gmm):
 
 
 def _simsiam_loss(params, x, x_pos, hparams, config, gmm):
-    return losses.simsiam(_embed(params, x, config), _embed(params, x_pos, config), predictor=params.get("P"), xi=hparams["xi"],
+    return losses.simsiam(embed(params, x, config), embed(params, x_pos, config), predictor=params.get("P"), xi=hparams["xi"],
                           distance=config.distance, stop_gradient=config.stop_gradient)
 
 
 def _spectral_loss(params, x, x_pos, hparams, config, gmm):
-    return losses.spectral_contrastive(_embed(params, x, config), _embed(params, x_pos, config))
+    return losses.spectral_contrastive(embed(params, x, config), embed(params, x_pos, config))
 
 
 def _clip_loss(params, x1, x2, hparams, config, gmm):
@@ -233,22 +357,30 @@ NONLINEAR_LOSSES = ("infonce", "simsiam", "spectral")
 # none: the InfoNCE loss is identically 0) or a batch covariance
 IN_BATCH_LOSSES = ("infonce", "simsiam", "spectral", "clip")
 OBJECTIVES: dict[str, Objective] = {
-    "infonce": Objective(_init_projector, _infonce_loss, _aed_pairs),
-    "infonce_population": Objective(_init_projector, _infonce_population_loss, _aed_pairs, (GMM,)),
-    "simsiam": Objective(_init_simsiam, _simsiam_loss, _aed_pairs),
-    "spectral": Objective(_init_projector, _spectral_loss, _aed_pairs),
-    "clip": Objective(_init_clip, _clip_loss, _modality_pairs, (MultiModalGMM,)),
+    "infonce": Objective("infonce", _infonce_loss),
+    "infonce_population": Objective("infonce_population", _infonce_population_loss, data=(GMM,), in_batch=False,
+                                    nonlinear=False),
+    "simsiam": Objective("simsiam", _simsiam_loss, init=_init_simsiam),
+    "spectral": Objective("spectral", _spectral_loss),
+    "clip": Objective("clip", _clip_loss, init=_init_clip, batch=_modality_pairs, data=(MultiModalGMM,),
+                      nonlinear=False),
 }
 
 
 def check_setup(gmm, config: TrainConfig) -> None:
     """Raises ValueError when config cannot train on gmm (eagerly, before tracing)."""
-    check_choice("loss", config.loss, OBJECTIVES)
-    want = OBJECTIVES[config.loss].data
-    if not isinstance(gmm, want):
-        names = " or ".join(t.__name__ for t in want)
-        raise ValueError(f"loss {config.loss!r} trains on a {names}, got {type(gmm).__name__}")
-    if config.loss == "infonce_population" and isinstance(gmm, HeteroGMM):
+    objective = config.objective
+    if objective.data is not None and not isinstance(gmm, objective.data):
+        names = " or ".join(t.__name__ for t in objective.data)
+        raise ValueError(f"loss {objective.name!r} trains on a {names}, got {type(gmm).__name__}")
+    if objective.data is None and objective.batch is None and not isinstance(gmm, (GMM, Dataset)) \
+            and not callable(getattr(gmm, "pairs", None)):
+        raise ValueError(f"loss {objective.name!r} trains on a GMM, a Dataset or a PairSource (with a "
+                         f"pairs(key, n, hparams) method), got {type(gmm).__name__}")
+    if not isinstance(getattr(gmm, "dim", None), int):
+        raise ValueError(f"data must have an integer attribute dim (the input dimension d), got "
+                         f"{type(gmm).__name__}")
+    if objective is OBJECTIVES["infonce_population"] and isinstance(gmm, HeteroGMM):
         raise ValueError("loss 'infonce_population' needs a shared covariance (its closed-form negatives "
                          "assume one); got a HeteroGMM: use loss 'infonce'")
     config.validate(gmm.dim)
@@ -277,19 +409,18 @@ class TrainResult(NamedTuple):
 
 def init_params(key, gmm, config: TrainConfig):
     """The parameters :func:`train` starts from for this key (before any step)."""
-    return OBJECTIVES[config.loss].init(jax.random.split(key)[0], gmm, config)
+    return config.objective.init_params(jax.random.split(key)[0], gmm, config)
 
 
-def _schedule(config: TrainConfig, peak):
+def learning_rate_schedule(config: TrainConfig, peak):
+    """The optax schedule (count -> rate) of ``config`` with peak rate ``peak`` (may be
+    traced): ``optax.cosine_decay_schedule(peak, steps, final_lr_fraction)``,
+    ``optax.constant_schedule(peak)``, or the config's own ``schedule(peak, steps)``."""
+    if callable(config.schedule):
+        return config.schedule(peak, config.steps)
     if config.schedule == "constant":
-        return lambda count: peak * jnp.ones_like(count, dtype=jnp.float32)
-    alpha = config.final_lr_fraction
-
-    def cosine(count):
-        frac = jnp.minimum(count / config.steps, 1.0)
-        return peak * (alpha + (1.0 - alpha) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac)))
-
-    return cosine
+        return optax.constant_schedule(peak)
+    return optax.cosine_decay_schedule(peak, config.steps, alpha=config.final_lr_fraction)
 
 
 def train(key, gmm: GMM, hparams: dict, config: TrainConfig, fisher_basis=None) -> TrainResult:
@@ -300,7 +431,8 @@ def train(key, gmm: GMM, hparams: dict, config: TrainConfig, fisher_basis=None) 
         same whatever the hyper-parameters (common random numbers across a grid).
       gmm: the data mixture (a :class:`MultiModalGMM` for loss "clip", whose history
         and "A" refer to the first modality; its second projector is "A2").
-      hparams: dict of scalars (see :data:`HPARAM_RANGES`); missing ones take defaults.
+      hparams: dict of scalars (see :data:`HPARAM_RANGES` and the objective's own
+        ``Objective.hparams``); missing ones take defaults.
       config: static :class:`TrainConfig`.
       fisher_basis: optional (d, m) basis; when given, the history records capture.
 
@@ -318,19 +450,24 @@ def train(key, gmm: GMM, hparams: dict, config: TrainConfig, fisher_basis=None) 
       ((6, 2), (2,))
     """
     check_setup(gmm, config)
-    hparams = {**{k: jnp.asarray(v, jnp.float32) for k, v in DEFAULT_HPARAMS.items()}, **hparams}
-    validate_hparams(hparams)
-    objective = OBJECTIVES[config.loss]
+    ranges = hparam_ranges(config)
+    hparams = {**{k: jnp.asarray(spec[0], jnp.float32) for k, spec in ranges.items()}, **hparams}
+    validate_hparams(hparams, ranges)
+    objective = config.objective
     k_data = jax.random.split(key)[1]
     params = init_params(key, gmm, config)
-    tx = optax.inject_hyperparams(optax.adam)(learning_rate=_schedule(config, hparams["learning_rate"]))
+    if isinstance(config.optimizer, optax.GradientTransformation):
+        tx, schedule = config.optimizer, None
+    else:
+        schedule = learning_rate_schedule(config, hparams["learning_rate"])
+        tx = config.optimizer(schedule)
     opt_state = tx.init(params)
 
     if config.num_samples is None:
         def batch(step_key):
-            return objective.batch(step_key, gmm, config.batch_size, hparams, config)
+            return objective.pairs(step_key, gmm, config.batch_size, hparams, config)
     else:
-        pool_x, pool_pos = objective.batch(jax.random.fold_in(k_data, config.steps), gmm,
+        pool_x, pool_pos = objective.pairs(jax.random.fold_in(k_data, config.steps), gmm,
                                            config.num_samples, hparams, config)
 
         def batch(step_key):
@@ -349,7 +486,9 @@ def train(key, gmm: GMM, hparams: dict, config: TrainConfig, fisher_basis=None) 
 
     def block(carry, start):
         carry, values = jax.lax.scan(step, carry, start + jnp.arange(config.log_every))
-        record = {"loss": values.mean(), "learning_rate": carry[1].hyperparams["learning_rate"]}
+        record = {"loss": values.mean()}
+        if schedule is not None:  # the rate of the block's last step
+            record["learning_rate"] = jnp.asarray(schedule(start + config.log_every - 1), jnp.float32)
         if fisher_basis is not None and not config.hidden:
             record["fisher_capture"] = fisher_capture(carry[0]["A"], fisher_basis)
         return carry, record
@@ -358,7 +497,7 @@ def train(key, gmm: GMM, hparams: dict, config: TrainConfig, fisher_basis=None) 
     (params, _), history = jax.lax.scan(block, (params, opt_state), starts)
     # a traced hyper-parameter out of range (unseen by validate_hparams) gives NaN, never a
     # silently clipped run; diverged() flags it
-    valid = hparams_in_range(hparams)
+    valid = hparams_in_range(hparams, ranges)
     params = jax.tree_util.tree_map(lambda p: jnp.where(valid, p, jnp.nan), params)
     history = {**history, "loss": jnp.where(valid, history["loss"], jnp.nan)}
     return TrainResult(params, history)

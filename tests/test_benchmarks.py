@@ -25,7 +25,7 @@ def test_bench_quick_writes_json_and_markdown(tmp_path):
 
 
 def test_grid_benchmark_chunks_within_a_memory_budget():
-    from benchmarks import sweeps
+    from gmmssl.benchmarks import sweeps
 
     gmm, cfg = sweeps.CONFIGS["delta"]["gmm"](), sweeps.CONFIGS["delta"]["cfg"]
     cfg = cfg.__class__(r=cfg.r, batch_size=8, steps=2, log_every=2)

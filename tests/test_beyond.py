@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-import experiments
+import gmmssl.experiments as experiments
 from gmmssl import fisher, metrics, projectors
 from gmmssl.augment import sample_pairs
 from gmmssl.experiment import resolve_config

@@ -72,8 +72,10 @@ def test_unwritable_output_folder(tmp_path, capsys):
     assert "--out" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("loss", ["simsiam", "infonce_population", "spectral"])
-def test_run_with_another_loss(loss, tmp_path):
+def test_run_with_another_loss(tmp_path):
+    # the CLI's loss switch; every loss's own training is tested in test_objectives.py (and
+    # infonce_population end to end by the time-to-answer benchmark's smoke test)
+    loss = "simsiam"
     out = tmp_path / loss
     assert main(["run", "pancakes", "--out", str(out), *TINY, "--set", f"loss={loss}"]) == 0
     rows = results.read_csv(out / "results.csv")

@@ -4,16 +4,18 @@ import json
 
 import pytest
 
-import experiments
+import gmmssl.experiments as experiments
 from gmmssl.cli import main
 from gmmssl.experiment import run_experiment
 from gmmssl.report import recompute_claims, write_report
 from tiny import OVERRIDES
+from gmmssl.benchmarks.__main__ import QUICK_ANSWER
 
 COMMON = {"steps": "50", "log_every": "25", "num_baseline": "200", "num_eval": "200"}
 TINY = {
     "pancakes": OVERRIDES,  # the configuration the CLI, sweep and trust tests share (one compilation)
-    "delta": {**COMMON, "seeds": "1", "delta": "0.1,0.5", "loss": "infonce", "batch_size": "32,64", "d": "6"},
+    # the quick benchmark's time-to-answer run (same programs)
+    "delta": {**QUICK_ANSWER, "loss": "infonce", "batch_size": "64"},
     "dimension": {**COMMON, "seeds": "1", "d": "6,8", "delta": "1"},
     "variance": {**COMMON, "seeds": "1", "condition_number": "1,100", "d": "6"},
     "rank": {**COMMON, "seeds": "1", "r": "1,3", "d": "6"},

@@ -4,7 +4,7 @@ import numpy as np
 import optax
 import pytest
 
-from gmmssl.losses import infonce, normalize
+from gmmssl.losses import clip, infonce, infonce_population, normalize, simsiam, spectral_contrastive
 
 
 def _pair(b=16, r=4, seed=0):
@@ -323,15 +323,17 @@ def test_population_and_simsiam_argument_checks():
 def test_low_rank_kernel_equals_the_matmul_path_in_value_and_gradient(r, symmetric):
     """For r <= SMALL_RANK infonce uses the fused low-rank kernel; it must agree with the
     plain logits + cross-entropy path (r = 5 checks the dispatch boundary)."""
-    from gmmssl.losses._infonce import diagonal_cross_entropy
+    import optax
 
     k1, k2 = jax.random.split(jax.random.PRNGKey(r))
     z, zp = jax.random.normal(k1, (33, r)) * 2.0, jax.random.normal(k2, (33, r)) * 2.0
 
+    def xent(logits):
+        return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.arange(logits.shape[0])).mean()
+
     def reference(z, zp):
         logits = z @ zp.T / 0.3
-        loss = diagonal_cross_entropy(logits)
-        return 0.5 * (loss + diagonal_cross_entropy(logits.T)) if symmetric else loss
+        return 0.5 * (xent(logits) + xent(logits.T)) if symmetric else xent(logits)
 
     def ours(z, zp):
         return infonce(z, zp, temperature=0.3, symmetric=symmetric)
@@ -339,3 +341,85 @@ def test_low_rank_kernel_equals_the_matmul_path_in_value_and_gradient(r, symmetr
     np.testing.assert_allclose(ours(z, zp), reference(z, zp), rtol=1e-5)
     for g_ours, g_ref in zip(jax.grad(ours, argnums=(0, 1))(z, zp), jax.grad(reference, argnums=(0, 1))(z, zp)):
         np.testing.assert_allclose(g_ours, g_ref, rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------- issue 12: losses like optax's (per-example, masks, jvp)
+
+def _every_loss():
+    """(name, loss(z, z_pos, **kw)) for every public loss, r = 2 and r = 6 alike."""
+    k = jax.random.PRNGKey(7)
+    means, cov = jax.random.normal(k, (3, 6)), jnp.eye(6) * 0.5
+
+    def population(z, zp, **kw):
+        r = z.shape[1]
+        return infonce_population(z, zp, means[:, :r], cov[:r, :r], jnp.log(jnp.ones(3) / 3), temperature=0.7, **kw)
+
+    return {
+        "infonce": lambda z, zp, **kw: infonce(z, zp, temperature=0.5, **kw),
+        "infonce_sym_cos": lambda z, zp, **kw: infonce(z, zp, similarity="cosine", symmetric=True, **kw),
+        "clip": lambda z, zp, **kw: clip(z, zp, temperature=0.8, **kw),
+        "population": population,
+        "simsiam": lambda z, zp, **kw: simsiam(z, zp, xi=0.3, stop_gradient=False, **kw),
+        "spectral": spectral_contrastive,
+    }
+
+
+def _views(b, r, seed=0):
+    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+    z = jax.random.normal(k1, (b, r))
+    return z, z + 0.5 * jax.random.normal(k2, (b, r))
+
+
+@pytest.mark.parametrize("r", [2, 6])  # the fused kernel and the matmul path
+def test_per_example_values_and_masks(r):
+    z, zp = _views(7, r)
+    pad = jnp.concatenate([z, 100.0 * jnp.ones((3, r))]), jnp.concatenate([zp, -50.0 * jnp.ones((3, r))])
+    mask = jnp.arange(10) < 7
+    for name, loss in _every_loss().items():
+        @jax.jit  # one compilation per loss, not one per operation
+        def check(z, zp, pz, pzp):
+            return {"per": loss(z, zp, reduction="none"), "mean": loss(z, zp),
+                    "masked": loss(pz, pzp, mask=mask), "masked_per": loss(pz, pzp, mask=mask, reduction="none"),
+                    "g_pad": jax.grad(lambda a: loss(a, pzp, mask=mask))(pz),
+                    "g": jax.grad(lambda a: loss(a, zp))(z)}
+
+        out = check(z, zp, *pad)
+        assert out["per"].shape == (7,), name
+        np.testing.assert_allclose(out["per"].mean(), out["mean"], rtol=1e-5, err_msg=name)
+        # padded rows (wild values) change nothing, in value or gradient
+        np.testing.assert_allclose(out["masked"], out["mean"], rtol=1e-5, err_msg=name)
+        np.testing.assert_allclose(out["masked_per"][:7], out["per"], rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_array_equal(out["masked_per"][7:], 0.0)
+        np.testing.assert_allclose(out["g_pad"][:7], out["g"], rtol=1e-4, atol=1e-6, err_msg=name)
+        np.testing.assert_array_equal(out["g_pad"][7:], 0.0)
+
+
+def test_per_example_infonce_is_each_rows_cross_entropy():
+    import optax
+
+    z, zp = _views(6, 3)
+    want = optax.softmax_cross_entropy_with_integer_labels(z @ zp.T / 0.5, jnp.arange(6))
+    np.testing.assert_allclose(infonce(z, zp, temperature=0.5, reduction="none"), want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("r", [2, 6])
+def test_forward_mode_equals_reverse_mode_on_every_loss(r):
+    z, zp = _views(5, r, seed=1)
+    for name, loss in _every_loss().items():
+        f = lambda a: loss(a, zp)  # noqa: E731
+        fwd, rev, h = jax.jit(lambda a: (jax.jacfwd(f)(a), jax.jacrev(f)(a), jax.hessian(f)(a)))(z)
+        np.testing.assert_allclose(fwd, rev, rtol=1e-4, atol=1e-6, err_msg=name)
+        assert h.shape == (5, r, 5, r) and np.all(np.isfinite(h)), name
+        np.testing.assert_allclose(h.reshape(5 * r, 5 * r), h.reshape(5 * r, 5 * r).T, atol=1e-4, err_msg=name)
+
+
+def test_simsiam_takes_a_callable_predictor_and_bad_options_are_refused():
+    z, zp = _views(6, 2)
+    p = jnp.array([[1.0, 0.2], [0.3, 0.9]])
+    np.testing.assert_allclose(simsiam(z, zp, predictor=lambda u: u @ p), simsiam(z, zp, predictor=p), rtol=1e-6)
+    with pytest.raises(ValueError, match="predictor must map"):
+        simsiam(z, zp, predictor=lambda u: u[:, :1])
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        infonce(z, zp, reduction="sum")
+    with pytest.raises(ValueError, match=r"mask must have shape \(B,\)"):
+        spectral_contrastive(z, zp, mask=jnp.ones(5, bool))

@@ -84,7 +84,7 @@ def test_losses_refuse_the_wrong_kind_of_mixture():
     mm = multimodal_gmm(jax.random.PRNGKey(0), dims=(4, 5))
     with pytest.raises(ValueError, match="loss 'clip' trains on a MultiModalGMM"):
         train(jax.random.PRNGKey(0), parallel_pancakes(4, 2), make_hparams(), TrainConfig(loss="clip"))
-    with pytest.raises(ValueError, match="loss 'infonce' trains on a GMM or Dataset"):
+    with pytest.raises(ValueError, match="loss 'infonce' trains on a GMM, a Dataset or a PairSource"):
         train(jax.random.PRNGKey(0), mm, make_hparams(), TrainConfig())
     with pytest.raises(ValueError, match=r"r must be in \[1, 4\]"):
         train(jax.random.PRNGKey(0), mm, make_hparams(), TrainConfig(loss="clip", r=5))

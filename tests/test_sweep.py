@@ -80,15 +80,16 @@ def _max_metric_diff(a, b):
 
 
 def test_chunks_compile_once_whatever_the_grid_size():
+    # the configuration and chunk of the test above: the same programs (compiled once per session)
     g = parallel_pancakes(6, 2)
-    cfg = TrainConfig(r=2, batch_size=32, steps=20, log_every=10)
-    prepare_fn, train_fn, evaluate_fn = make_compare_cell(lambda cell: g, cfg, num_baseline=100, num_eval=100)
+    cfg = TrainConfig(r=2, batch_size=64, steps=40, log_every=20)
+    prepare_fn, train_fn, evaluate_fn = make_compare_cell(lambda cell: g, cfg, num_baseline=200, num_eval=200)
     for cells in (2, 12):
         chex.clear_trace_counter()
         spec = Sweep(chex.assert_max_traces(train_fn, n=1), chex.assert_max_traces(evaluate_fn, n=1),
-                     {"delta": tuple(np.linspace(0, 1, cells)), "seed": (0,)},
+                     {"delta": tuple(np.linspace(0, 1, cells)), "seed": (0,), "learning_rate": (0.05,)},
                      prepare_fn=chex.assert_max_traces(prepare_fn, n=1))
-        grid, out = run_grid(spec, chunk_size=2)
+        grid, out = run_grid(spec, chunk_size=4)
         assert out["projectors"]["infonce"].shape[0] == cells
 
 
@@ -119,7 +120,7 @@ def test_choose_chunk_size():
 
 def test_same_command_twice_writes_identical_results(tmp_path):
     for name in ("a", "b"):
-        assert main(["run", "pancakes", "--out", str(tmp_path / name), *TINY, "--chunk-size", "4"]) == 0
+        assert main(["run", "pancakes", "--out", str(tmp_path / name), *TINY]) == 0
     assert (tmp_path / "a" / "results.csv").read_bytes() == (tmp_path / "b" / "results.csv").read_bytes()
 
 

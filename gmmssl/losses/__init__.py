@@ -1,12 +1,15 @@
-"""Self-supervised losses on embeddings: pure, jittable, vmappable, differentiable.
+"""Self-supervised losses on embeddings: pure, jittable, vmappable, differentiable in both
+modes (reverse and forward: ``jax.grad``, ``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``).
 
-Every loss takes (B, r) embeddings and returns the scalar mean over the batch; shapes
-are checked with chex (AssertionError naming the arguments), option values with
-ValueError.
+Every loss takes (B, r) embeddings and, like optax's losses, returns the scalar mean over
+the batch by default, or the (B,) per-example values with ``reduction="none"``; a (B,)
+``mask`` marks padded rows (False), which count neither as examples nor, for the in-batch
+losses, as negatives. Shapes are checked with chex (AssertionError naming the
+arguments), option values with ValueError.
 """
-from gmmssl.losses._common import normalize
-from gmmssl.losses._infonce import clip, infonce, infonce_population
+from gmmssl.losses._common import REDUCTIONS, normalize
+from gmmssl.losses._infonce import SMALL_RANK, clip, infonce, infonce_population, low_rank_logsumexp, row_logsumexp
 from gmmssl.losses._simsiam import covariance_penalty, simsiam, spectral_contrastive
 
-__all__ = ["clip", "covariance_penalty", "infonce", "infonce_population", "normalize", "simsiam",
-           "spectral_contrastive"]
+__all__ = ["REDUCTIONS", "SMALL_RANK", "clip", "covariance_penalty", "infonce", "infonce_population",
+           "low_rank_logsumexp", "normalize", "row_logsumexp", "simsiam", "spectral_contrastive"]

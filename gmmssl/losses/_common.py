@@ -44,3 +44,30 @@ def similarity_logits(z, z_pos, temperature, similarity: str):
     """ℓ_ij = s(z_i, z⁺_j)/τ, (B, B)."""
     z, z_pos = similarity_inputs(z, z_pos, temperature, similarity)
     return (z @ z_pos.T) / temperature
+
+
+REDUCTIONS = ("mean", "none")
+
+
+def check_mask(mask, batch: int, name: str = "mask"):
+    """None, or a (B,) array of booleans / 0-1 weights marking the rows that count
+    (padded rows: False). Returns it as a float array (or None)."""
+    if mask is None:
+        return None
+    shape = jnp.shape(mask)
+    if shape != (batch,):
+        raise ValueError(f"{name} must have shape (B,) = ({batch},) to match the embeddings, got {shape}")
+    return jnp.asarray(mask, jnp.result_type(float))
+
+
+def reduce(values, mask, reduction: str):
+    """Per-example ``values`` (B,) → the loss: "none" gives them (0 on masked rows),
+    "mean" their mean over the rows the mask keeps (all rows without a mask; NaN when
+    the mask keeps none)."""
+    check_choice("reduction", reduction, REDUCTIONS)
+    if mask is None:
+        return values if reduction == "none" else jnp.mean(values)
+    values = jnp.where(mask > 0, values, 0.0)
+    if reduction == "none":
+        return values
+    return jnp.sum(values * mask) / jnp.sum(mask)
