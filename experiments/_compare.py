@@ -9,7 +9,8 @@ configuration. Keys:
   d, num_components, r, batch_size, steps, loss, mode, mixture, separation;
 * dynamic (grid axes, traced; always lists): delta, learning_rate, temperature, xi, and,
   for the mixture family, condition_number (random), thickness (pancakes) or heterogeneity
-  (hetero: random mixtures with one covariance per component, at condition_number[0]);
+  (hetero: random mixtures with one covariance per component, at condition_number[0]),
+  or family (mixture "both": 0 pancakes, 1 random, in one compilation);
 * seeds: the number of seeds (for "random" mixtures each seed also draws a new mixture);
 * r_from_k=true sets r = K − 1 for each K (so ``--set num_components=2,3,4 --set
   r_from_k=true`` fits each K).
@@ -25,6 +26,7 @@ import itertools
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from gmmssl import plots, results
@@ -36,7 +38,9 @@ from gmmssl.sweep import Sweep, estimate_cell_bytes
 from gmmssl.train import HPARAM_RANGES, TrainConfig, check_setup, validate_hparams
 
 STATIC_KEYS = ("d", "num_components", "r", "batch_size", "steps", "loss", "mode", "mixture", "separation")
-MIXTURE_AXES = {"pancakes": ("thickness",), "random": ("condition_number",), "hetero": ("heterogeneity",)}
+MIXTURE_AXES = {"pancakes": ("thickness",), "random": ("condition_number",), "hetero": ("heterogeneity",),
+                "both": ("family",)}
+FAMILIES = ("pancakes", "random")  # the "family" axis of mixture "both": 0, 1
 HPARAM_AXES = ("delta", "learning_rate", "temperature", "xi")
 REFERENCE_DIM = 16
 
@@ -50,6 +54,7 @@ BASE = {
     "thickness": (0.1,),
     "condition_number": (10.0,),
     "heterogeneity": (0.0,),
+    "family": (0, 1),
     "delta": (0.0, 0.25, 0.5, 1.0),
     "seeds": 4,
     "learning_rate": (0.05,),
@@ -66,7 +71,13 @@ BASE = {
 
 
 def mixture(config: dict, cell: dict):
-    """The cell's mixture (traceable in the cell's dynamic values)."""
+    """The cell's mixture (traceable in the cell's dynamic values). Mixture "both": the
+    cell's "family" (0 pancakes, 1 random; same d and K, so the same shapes) is a traced
+    axis, and both families run in one compilation."""
+    if config["mixture"] == "both":
+        pancakes, rand = (mixture({**config, "mixture": f}, cell) for f in FAMILIES)
+        family = cell.get("family", config["family"][0])
+        return jax.tree_util.tree_map(lambda a, b: jnp.where(family == 0, a, b), pancakes, rand)
     if config["mixture"] == "pancakes":
         return parallel_pancakes(config["d"], config["num_components"], separation=config["separation"],
                                  thickness=cell.get("thickness", config["thickness"][0]))
@@ -99,7 +110,9 @@ def build(config: dict) -> Sweep:
             raise ValueError(f"{name} needs at least one value")
         if name in HPARAM_RANGES:
             validate_hparams({name: np.asarray(values)})
-    if config["mixture"] in ("random", "hetero"):
+    if config["mixture"] == "both" and not set(config["family"]) <= {0, 1}:
+        raise ValueError(f"family must hold 0 (pancakes) and/or 1 (random), got {config['family']!r}")
+    if config["mixture"] in ("random", "hetero", "both"):
         for c in config["condition_number"]:
             if not np.isfinite(c) or c < 1:
                 raise ValueError(f"condition_number must be in [1, inf), got {c!r}")

@@ -17,8 +17,21 @@ METHOD_STYLE = {
 }
 
 
+_LEARNED_COLORS = ("tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan",
+                   "gold", "navy", "teal", "crimson", "lime")
+_MARKERS = ("o", "D", "P", "X", "*", "h")
+
+
 def _style(method):
-    return METHOD_STYLE.get(method, dict(color="tab:blue", marker="o", linestyle="-", label=method))
+    """The baselines' fixed styles; learned methods a color and marker of their own
+    (the same for a name in every figure)."""
+    if method in METHOD_STYLE:
+        return METHOD_STYLE[method]
+    known = ("infonce", "ntxent", "dcl", "siglip", "spectral", "barlow_twins", "vicreg", "negative_cosine", "byol",
+             "simsiam", "infonce_population", "clip")
+    code = known.index(method) if method in known else sum(method.encode())  # stable across runs (hash() is not)
+    return dict(color=_LEARNED_COLORS[code % len(_LEARNED_COLORS)], marker=_MARKERS[code % len(_MARKERS)],
+                linestyle="-", label=method)
 
 
 def metric_against(ax, summary, axis: str, metric: str, methods, *, ylabel: str | None = None):

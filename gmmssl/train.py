@@ -27,6 +27,7 @@ current learning rate and, when a Fisher basis is given, the Fisher capture.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
@@ -211,6 +212,9 @@ class Objective:
       data: the data types it trains on (None: any the batch function accepts).
       in_batch: the loss compares rows of the batch (needs B ≥ 2).
       nonlinear: it may train an MLP projector (``TrainConfig(hidden=...)``).
+      post_update: optional (params, hparams, config) -> params, applied after every
+        optimizer step (e.g. BYOL's moving-average target network, kept in the params
+        with a stop-gradient, so it rides in the scan's state).
 
     Example (decoupled contrastive learning: InfoNCE without the positive in the
     denominator, with a traced weight):
@@ -235,11 +239,12 @@ class Objective:
     data: tuple | None = None
     in_batch: bool = True
     nonlinear: bool = True
+    post_update: Callable | None = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"Objective name must be a non-empty string, got {self.name!r}")
-        for attr in ("loss", "init", "batch"):
+        for attr in ("loss", "init", "batch", "post_update"):
             fn = getattr(self, attr)
             if fn is not None and not callable(fn):
                 raise ValueError(f"Objective {self.name!r}: {attr} must be callable, got {fn!r}")
@@ -352,10 +357,74 @@ def _clip_loss(params, x1, x2, hparams, config, gmm):
                        similarity=config.similarity)
 
 
-NONLINEAR_LOSSES = ("infonce", "simsiam", "spectral")
-# losses whose batch statistics need two rows at least: in-batch negatives (one pair has
-# none: the InfoNCE loss is identically 0) or a batch covariance
-IN_BATCH_LOSSES = ("infonce", "simsiam", "spectral", "clip")
+def _views(params, x, x_pos, config):
+    return embed(params, x, config), embed(params, x_pos, config)
+
+
+def _ntxent_loss(params, x, x_pos, hparams, config, gmm):
+    return losses.ntxent(*_views(params, x, x_pos, config), temperature=hparams["temperature"])
+
+
+def _dcl_loss(params, x, x_pos, hparams, config, gmm):
+    return losses.dcl(*_views(params, x, x_pos, config), temperature=hparams["temperature"])
+
+
+def _barlow_loss(params, x, x_pos, hparams, config, gmm):
+    return losses.barlow_twins(*_views(params, x, x_pos, config))
+
+
+def _vicreg_loss(params, x, x_pos, hparams, config, gmm):
+    return losses.vicreg(*_views(params, x, x_pos, config))
+
+
+def _init_with_predictor(key, gmm, config):
+    k_a, k_p = jax.random.split(key)
+    params = init_projector(k_a, gmm, config)
+    params["P"] = jnp.eye(config.r) + 0.01 * jax.random.normal(k_p, (config.r, config.r))
+    return params
+
+
+def _negative_cosine_loss(params, x, x_pos, hparams, config, gmm):
+    # SimSiam as written in its paper: a predictor, stop-gradient on the targets, both views
+    z, zp = _views(params, x, x_pos, config)
+    sg = jax.lax.stop_gradient
+    return 0.5 * (losses.negative_cosine(z @ params["P"], sg(zp)) + losses.negative_cosine(zp @ params["P"], sg(z)))
+
+
+def _init_byol(key, gmm, config):
+    params = _init_with_predictor(key, gmm, config)
+    params["target"] = {k: v for k, v in params.items() if k != "P"}  # the target starts as the online network
+    return params
+
+
+def _byol_loss(params, x, x_pos, hparams, config, gmm):
+    z, zp = _views(params, x, x_pos, config)
+    target = jax.lax.stop_gradient(params["target"])
+    t, tp = embed(target, x, config), embed(target, x_pos, config)
+    return 0.5 * (losses.byol(z @ params["P"], tp) + losses.byol(zp @ params["P"], t))
+
+
+def _byol_update(params, hparams, config):
+    rate = hparams["ema"]
+    online = {k: v for k, v in params.items() if k not in ("P", "target")}
+    target = jax.tree_util.tree_map(lambda t, o: rate * t + (1.0 - rate) * o, params["target"], online)
+    return {**params, "target": target}
+
+
+def _init_siglip(key, gmm, config):
+    params = init_projector(key, gmm, config)
+    params["log_t"] = jnp.asarray(math.log(10.0), jnp.float32)
+    params["bias"] = jnp.asarray(-10.0, jnp.float32)
+    return params
+
+
+def _siglip_loss(params, x, x_pos, hparams, config, gmm):
+    return losses.siglip(*_views(params, x, x_pos, config), log_temperature=params["log_t"], bias=params["bias"])
+
+
+NONLINEAR_LOSSES = ("infonce", "simsiam", "spectral", "ntxent", "dcl", "barlow_twins", "vicreg", "negative_cosine",
+                    "byol", "siglip")
+ZOO = ("ntxent", "dcl", "barlow_twins", "vicreg", "negative_cosine", "byol", "siglip")
 OBJECTIVES: dict[str, Objective] = {
     "infonce": Objective("infonce", _infonce_loss),
     "infonce_population": Objective("infonce_population", _infonce_population_loss, data=(GMM,), in_batch=False,
@@ -364,7 +433,19 @@ OBJECTIVES: dict[str, Objective] = {
     "spectral": Objective("spectral", _spectral_loss),
     "clip": Objective("clip", _clip_loss, init=_init_clip, batch=_modality_pairs, data=(MultiModalGMM,),
                       nonlinear=False),
+    # the loss zoo (issue 13): the trainer's "temperature" (default 1) for NT-Xent and DCL
+    "ntxent": Objective("ntxent", _ntxent_loss),
+    "dcl": Objective("dcl", _dcl_loss),
+    "barlow_twins": Objective("barlow_twins", _barlow_loss),
+    "vicreg": Objective("vicreg", _vicreg_loss),
+    "negative_cosine": Objective("negative_cosine", _negative_cosine_loss, init=_init_with_predictor, in_batch=False),
+    "byol": Objective("byol", _byol_loss, init=_init_byol, hparams={"ema": (0.99, 0.0, 1.0, False)},
+                      post_update=_byol_update, in_batch=False),
+    "siglip": Objective("siglip", _siglip_loss, init=_init_siglip),
 }
+# losses whose batch statistics need two rows at least: in-batch negatives (one pair has
+# none: the InfoNCE loss is identically 0) or a batch covariance
+IN_BATCH_LOSSES = tuple(name for name, o in OBJECTIVES.items() if o.in_batch)
 
 
 def check_setup(gmm, config: TrainConfig) -> None:
@@ -482,7 +563,10 @@ def train(key, gmm: GMM, hparams: dict, config: TrainConfig, fisher_basis=None) 
         x, x_pos = batch(jax.random.fold_in(k_data, t))
         value, grads = jax.value_and_grad(loss_fn)(params, x, x_pos)
         updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), value
+        params = optax.apply_updates(params, updates)
+        if objective.post_update is not None:
+            params = objective.post_update(params, hparams, config)
+        return (params, opt_state), value
 
     def block(carry, start):
         carry, values = jax.lax.scan(step, carry, start + jnp.arange(config.log_every))

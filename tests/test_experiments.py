@@ -27,6 +27,8 @@ TINY = {
                    "candidates": "2", "rerun_factor": "2"},
     "nonlinear": {**COMMON, "seeds": "1", "delta": "1", "loss": "infonce", "depth": "1", "width": "8", "d": "6",
                   "num_jacobian": "16", "batch_size": "64"},
+    "zoo": {**COMMON, "seeds": "1", "loss": "infonce,byol", "delta": "0,1", "d": "6",
+            "batch_size": "64"},
     "heteroscedastic": {**COMMON, "seeds": "1", "heterogeneity": "0,1", "separation": "0.3", "d": "6",
                         "batch_size": "64"},
 }

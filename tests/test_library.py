@@ -180,3 +180,11 @@ def test_one_top_level_package(tmp_path):
     assert "pancakes" in out.stdout
     assert (Path(gmmssl.__file__).parent / "py.typed").exists()
     assert gmmssl.experiments.__name__ == "gmmssl.experiments"
+
+
+def test_the_api_reference_is_generated_from_the_current_code():
+    from gmmssl import apidoc
+
+    committed = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text()
+    assert committed == apidoc.generate(), "docs/api.md is stale: run python -m gmmssl.apidoc"
+    assert "map_grid" in committed and "class Objective" in committed

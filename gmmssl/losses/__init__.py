@@ -10,6 +10,8 @@ arguments), option values with ValueError.
 from gmmssl.losses._common import REDUCTIONS, normalize
 from gmmssl.losses._infonce import SMALL_RANK, clip, infonce, infonce_population, low_rank_logsumexp, row_logsumexp
 from gmmssl.losses._simsiam import covariance_penalty, simsiam, spectral_contrastive
+from gmmssl.losses._zoo import barlow_twins, byol, dcl, negative_cosine, ntxent, siglip, vicreg
 
-__all__ = ["REDUCTIONS", "SMALL_RANK", "clip", "covariance_penalty", "infonce", "infonce_population",
-           "low_rank_logsumexp", "normalize", "row_logsumexp", "simsiam", "spectral_contrastive"]
+__all__ = ["REDUCTIONS", "SMALL_RANK", "barlow_twins", "byol", "clip", "covariance_penalty", "dcl", "infonce",
+           "infonce_population", "low_rank_logsumexp", "negative_cosine", "normalize", "ntxent", "row_logsumexp",
+           "siglip", "simsiam", "spectral_contrastive", "vicreg"]
