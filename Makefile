@@ -1,11 +1,12 @@
 # make demo: create .venv if missing, install gmmssl, run the main job (parallel pancakes, CPU).
 # make test: the same environment, then the whole test suite.
+# make docs: regenerate the API reference, docs/api.md, from the docstrings.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.gmmssl-installed
 
-.PHONY: demo test install clean
+.PHONY: demo test docs install clean
 
 install: $(STAMP)
 
@@ -20,6 +21,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q --durations=15
+
+docs: $(STAMP)
+	JAX_PLATFORMS=cpu $(BIN)/python -m gmmssl.apidoc docs/api.md
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

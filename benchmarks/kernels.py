@@ -66,3 +66,22 @@ def run(batches=(256, 1024, 4096, 8192), ranks=(2, 16, 128), dims=(32, 512), nam
             rows.append({"loss": name, "mode": mode, "B": b, "r": r, "d": d, **t, "flops": work,
                          "flops_per_s": work / t["median_s"], "fraction_of_peak": work / t["median_s"] / peak["flops_per_s"]})
     return {"matmul_peak": peak, "rows": rows}
+
+
+def step_times(names=None, *, d: int = 12, num_components: int = 3, r: int = 2, batch_size: int = 256,
+               steps: int = 200, repeats: int = 5) -> list[dict]:
+    """Time per training step of every trainable loss (the zoo's table): one model, a
+    whole ``train`` of ``steps`` steps compiled ahead of time, median over ``repeats``
+    runs divided by the steps (sampling, loss, gradient and optimizer update included)."""
+    from gmmssl.gmm import random_gmm
+    from gmmssl.train import OBJECTIVES, TrainConfig, train
+
+    gmm = random_gmm(jax.random.PRNGKey(0), d, num_components)
+    rows = []
+    for name in names or [n for n, o in OBJECTIVES.items() if o.data is None or type(gmm) in o.data]:
+        cfg = TrainConfig(loss=name, r=r, batch_size=batch_size, steps=steps, log_every=steps)
+        t = timed(lambda k, cfg=cfg: train(k, gmm, {"delta": 1.0}, cfg).params, jax.random.PRNGKey(1),
+                  repeats=repeats)
+        rows.append({"loss": name, "ms_per_step": 1e3 * t["median_s"] / steps, "compile_s": t["compile_s"],
+                     "B": batch_size, "d": d, "r": r})
+    return rows

@@ -27,6 +27,9 @@ def _style(method):
     (the same for a name in every figure)."""
     if method in METHOD_STYLE:
         return METHOD_STYLE[method]
+    if method.endswith("_population") and method != "infonce_population":  # its sampled loss's color, dashed
+        base = method.removesuffix("_population").replace("spectral_contrastive", "spectral")
+        return {**_style(base), "linestyle": "--", "marker": "x", "label": method}
     known = ("infonce", "ntxent", "dcl", "siglip", "spectral", "barlow_twins", "vicreg", "negative_cosine", "byol",
              "simsiam", "infonce_population", "clip")
     code = known.index(method) if method in known else sum(method.encode())  # stable across runs (hash() is not)

@@ -44,7 +44,7 @@ from gmmssl.metrics import fisher_capture
 __all__ = ["DEFAULT_HPARAMS", "HPARAM_RANGES", "IN_BATCH_LOSSES", "OBJECTIVES", "SCHEDULES", "Objective",
            "TrainConfig", "TrainResult", "aed_pairs", "check_setup", "diverged", "embed", "hparam_ranges",
            "hparams_in_range", "init_params", "init_projector", "learning_rate_schedule", "make_hparams",
-           "objective_of", "train", "validate_hparams"]
+           "objective_of", "pair_moments", "train", "validate_hparams"]
 
 # name: (default, low, high, low_open)
 HPARAM_RANGES = {
@@ -422,6 +422,22 @@ def _siglip_loss(params, x, x_pos, hparams, config, gmm):
     return losses.siglip(*_views(params, x, x_pos, config), log_temperature=params["log_t"], bias=params["bias"])
 
 
+def pair_moments(a, gmm, delta, mode: str = "prior"):
+    """(S, X, m): the embedding covariance AᵀΣ_T A, the views' cross-covariance
+    κ·AᵀS_B A under AeD(δ) (κ as in :func:`gmmssl.fisher.canonical_correlations`) and the
+    embedded mean Aᵀμ̄, in closed form (mode "other": exact for uniform weights, as κ)."""
+    kappa = delta if mode == "prior" else delta - (1.0 - delta) / (gmm.num_components - 1)
+    return a.T @ gmm.total_cov @ a, kappa * (a.T @ gmm.between_scatter @ a), gmm.mean @ a
+
+
+def _population(fn):
+    def loss(params, x, x_pos, hparams, config, gmm):
+        s, cross, mean = pair_moments(params["A"], gmm, hparams["delta"], config.mode)
+        return fn(s, cross, mean)
+
+    return loss
+
+
 NONLINEAR_LOSSES = ("infonce", "simsiam", "spectral", "ntxent", "dcl", "barlow_twins", "vicreg", "negative_cosine",
                     "byol", "siglip")
 ZOO = ("ntxent", "dcl", "barlow_twins", "vicreg", "negative_cosine", "byol", "siglip")
@@ -442,6 +458,13 @@ OBJECTIVES: dict[str, Objective] = {
     "byol": Objective("byol", _byol_loss, init=_init_byol, hparams={"ema": (0.99, 0.0, 1.0, False)},
                       post_update=_byol_update, in_batch=False),
     "siglip": Objective("siglip", _siglip_loss, init=_init_siglip),
+    # noise-free references: the population losses of the second-moment objectives
+    "spectral_population": Objective("spectral_population", _population(losses.spectral_contrastive_population),
+                                     data=(GMM,), in_batch=False, nonlinear=False),
+    "barlow_twins_population": Objective("barlow_twins_population", _population(
+        lambda s, x, m: losses.barlow_twins_population(s, x)), data=(GMM,), in_batch=False, nonlinear=False),
+    "vicreg_population": Objective("vicreg_population", _population(lambda s, x, m: losses.vicreg_population(s, x)),
+                                   data=(GMM,), in_batch=False, nonlinear=False),
 }
 # losses whose batch statistics need two rows at least: in-batch negatives (one pair has
 # none: the InfoNCE loss is identically 0) or a batch covariance

@@ -54,7 +54,7 @@ def test_run_pancakes_writes_tidy_results(tmp_path, capsys):
         (["run", "pancakes", "--set", "seeds=0"], "seeds must be in"),
         (["run", "pancakes", "--set", "steps"], "KEY=VALUE"),
         (["run", "pancakes", "--set", "loss=clip"], "loss 'clip' trains on a MultiModalGMM"),
-        (["run", "pancakes", "--set", "loss=byol"], "loss must be one of"),
+        (["run", "pancakes", "--set", "loss=byol2"], "loss must be one of"),
         (["run", "pancakes", "--set", "loss=simsiam", "--set", "xi=-1"], "xi must be in"),
     ],
 )

@@ -188,3 +188,35 @@ def test_the_api_reference_is_generated_from_the_current_code():
     committed = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text()
     assert committed == apidoc.generate(), "docs/api.md is stale: run python -m gmmssl.apidoc"
     assert "map_grid" in committed and "class Objective" in committed
+
+
+def test_a_wheel_installs_and_runs_outside_the_repository(tmp_path):
+    """The built distribution holds one top-level package and works from any directory."""
+    import shutil
+    import zipfile
+
+    from tiny import TINY
+
+    repo = Path(__file__).resolve().parent.parent
+    src = tmp_path / "src"
+    shutil.copytree(repo, src, ignore=shutil.ignore_patterns(".venv", ".git", "results", ".pytest_cache", "build",
+                                                             "*.egg-info", ".hypothesis", "__pycache__"))
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(src), "-w",
+                            str(tmp_path / "dist")], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    wheel = next((tmp_path / "dist").glob("gmmssl-*.whl"))
+    top = {n.split("/")[0] for n in zipfile.ZipFile(wheel).namelist() if ".dist-info/" not in n}
+    assert top == {"gmmssl"}, top
+    site = tmp_path / "site"
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
+                              str(wheel)], capture_output=True, text=True)
+    assert install.returncode == 0, install.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code = (f"import gmmssl, gmmssl.experiments; assert gmmssl.__file__.startswith({str(site)!r}), gmmssl.__file__; "
+            f"from gmmssl.cli import main; assert main(['list']) == 0; "
+            f"raise SystemExit(main(['run', 'pancakes', '--out', 'out', *{TINY!r}]))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(site)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (elsewhere / "out" / "verdict.json").exists() and "zoo" in run.stdout

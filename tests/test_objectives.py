@@ -91,4 +91,7 @@ def test_losses_refuse_the_wrong_kind_of_mixture():
 
 
 def test_every_registered_objective_is_tested():
-    assert set(OBJECTIVES) == {"infonce", "infonce_population", "simsiam", "spectral", "clip"}
+    from gmmssl.train import ZOO
+
+    population = {"spectral_population", "barlow_twins_population", "vicreg_population"}  # test_zoo.py
+    assert set(OBJECTIVES) == {"infonce", "infonce_population", "simsiam", "spectral", "clip", *ZOO, *population}

@@ -74,7 +74,7 @@ def test_finite_sample_regime():
         (TrainConfig(r=0), r"r must be in \[1, 6\]"),
         (TrainConfig(r=7), r"r must be in \[1, 6\]"),
         (TrainConfig(steps=100, log_every=30), "multiple of log_every"),
-        (TrainConfig(loss="byol"), "loss must be one of"),
+        (TrainConfig(loss="byol2"), "loss must be one of"),
         (TrainConfig(mode="bad"), "mode must be one of"),
         (TrainConfig(batch_size=0), "batch_size"),
         (TrainConfig(num_samples=10), "num_samples"),

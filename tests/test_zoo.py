@@ -155,3 +155,33 @@ def test_siglip_learns_its_temperature_and_bias():
                                                                         log_every=10))
     assert float(out.params["log_t"]) != pytest.approx(math.log(10.0))
     assert float(out.params["bias"]) != pytest.approx(-10.0)
+
+
+def test_population_losses_are_the_large_batch_limits_of_the_sampled_ones():
+    from gmmssl.augment import sample_pairs
+    from gmmssl.gmm import random_gmm
+    from gmmssl.train import pair_moments
+
+    g = random_gmm(jax.random.PRNGKey(5), 5, 3, separation=1.5, centered=False)  # a non-zero mean matters
+    a = jax.random.normal(jax.random.PRNGKey(6), (5, 2)) * 0.6
+    with jax.enable_x64(True):
+        g64 = jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float64), g)
+        a64 = jnp.asarray(a, jnp.float64)
+        s, x, m = pair_moments(a64, g64, 0.7)
+        xs, xps, _, _ = sample_pairs(jax.random.PRNGKey(7), g64, 200_000, 0.7)
+        z, zp = xs @ a64, xps @ a64
+        # spectral: unbiased for every B; compare on a large batch's parts
+        sampled = jnp.mean(jnp.stack([losses.spectral_contrastive(z[i::100], zp[i::100]) for i in range(100)]))
+        np.testing.assert_allclose(sampled, losses.spectral_contrastive_population(s, x, m), rtol=2e-2)
+        np.testing.assert_allclose(losses.barlow_twins(z, zp), losses.barlow_twins_population(s, x), rtol=1e-2)
+        np.testing.assert_allclose(losses.vicreg(z, zp), losses.vicreg_population(s, x), rtol=1e-2)
+
+
+def test_population_objectives_train_noise_free():
+    g = parallel_pancakes(6, 2)
+    from gmmssl.fisher import fisher_subspace
+
+    for name in ("spectral_population", "barlow_twins_population", "vicreg_population"):
+        out = train(jax.random.PRNGKey(0), g, {"delta": 1.0}, TrainConfig(loss=name, batch_size=8, steps=200,
+                                                                          log_every=100), fisher_subspace(g))
+        assert float(out.history["fisher_capture"][-1]) > 0.95, name

@@ -10,8 +10,10 @@ arguments), option values with ValueError.
 from gmmssl.losses._common import REDUCTIONS, normalize
 from gmmssl.losses._infonce import SMALL_RANK, clip, infonce, infonce_population, low_rank_logsumexp, row_logsumexp
 from gmmssl.losses._simsiam import covariance_penalty, simsiam, spectral_contrastive
-from gmmssl.losses._zoo import barlow_twins, byol, dcl, negative_cosine, ntxent, siglip, vicreg
+from gmmssl.losses._zoo import (barlow_twins, barlow_twins_population, byol, dcl, negative_cosine, ntxent, siglip,
+                                spectral_contrastive_population, vicreg, vicreg_population)
 
-__all__ = ["REDUCTIONS", "SMALL_RANK", "barlow_twins", "byol", "clip", "covariance_penalty", "dcl", "infonce",
+__all__ = ["REDUCTIONS", "SMALL_RANK", "barlow_twins", "barlow_twins_population", "byol", "clip", "covariance_penalty", "dcl", "infonce",
            "infonce_population", "low_rank_logsumexp", "negative_cosine", "normalize", "ntxent", "row_logsumexp",
-           "siglip", "simsiam", "spectral_contrastive", "vicreg"]
+           "siglip", "simsiam", "spectral_contrastive", "spectral_contrastive_population", "vicreg",
+           "vicreg_population"]

@@ -255,3 +255,55 @@ def siglip(z, z_pos, *, log_temperature=math.log(10.0), bias=-10.0, mask=None, r
     if keep is not None:
         terms = jnp.where(keep[None, :] > 0, terms, 0.0)
     return reduce(jnp.sum(terms, axis=1), keep, reduction)
+
+
+# ------------------------------------------------------------------ population versions
+#
+# Spectral contrastive, Barlow Twins and VICReg depend on the data only through the
+# embeddings' first two moments, which a Gaussian mixture gives in closed form. With
+# S = AᵀΣ_T A (the embedding's covariance), X = Aᵀ Cov(x, x⁺) A (the views'
+# cross-covariance; κ·AᵀS_B A under AeD(δ)) and m = Aᵀμ̄ (the common mean of both views),
+# these are the B → ∞ values of the sampled losses: noise-free references (tested against
+# large sampled batches).
+
+
+def _check_moments(cov, cross_cov):
+    if jnp.ndim(cov) != 2 or jnp.shape(cov) != jnp.shape(cross_cov) or cov.shape[0] != cov.shape[1]:
+        raise ValueError(f"cov and cross_cov must both be (r, r), got {jnp.shape(cov)} and {jnp.shape(cross_cov)}")
+
+
+def spectral_contrastive_population(cov, cross_cov, mean):
+    r"""The spectral contrastive loss as B → ∞:
+    :math:`-2\,\mathrm{tr}(X + mm^\top) + \mathrm{tr}\big((S + mm^\top)^2\big)` (negatives
+    independent of the anchor, so :math:`E[(z\cdot z'^+)^2] = \mathrm{tr}(M^2)` with the
+    second moment M = S + mmᵀ).
+
+    Args:
+      cov: (r, r) S; cross_cov: (r, r) X; mean: (r,) m.
+    """
+    _check_moments(cov, cross_cov)
+    outer = jnp.outer(mean, mean)
+    second = cov + outer
+    return -2.0 * jnp.trace(cross_cov + outer) + jnp.sum(second * second.T)
+
+
+def barlow_twins_population(cov, cross_cov, *, lambda_=5e-3, eps=1e-5):
+    r"""Barlow Twins as B → ∞: C = D^{-1/2} X D^{-1/2} with D = diag(S) + ε (both views
+    have covariance S), then :math:`\sum_i(1 - C_{ii})^2 + \lambda\sum_{i\ne j}C_{ij}^2`."""
+    _check_moments(cov, cross_cov)
+    inv_std = 1.0 / jnp.sqrt(jnp.diagonal(cov) + eps)
+    c = cross_cov * inv_std[:, None] * inv_std[None, :]
+    diag = jnp.diagonal(c)
+    return jnp.sum((1.0 - diag) ** 2) + lambda_ * (jnp.sum(c**2) - jnp.sum(diag**2))
+
+
+def vicreg_population(cov, cross_cov, *, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0, eps=1e-4):
+    r"""VICReg as B → ∞: invariance :math:`\mathrm{tr}(2S - X - X^\top)/r` (equal view
+    means), variance :math:`\frac1r\sum_j\max(0, 1 - \sqrt{S_{jj} + \epsilon})` for each view,
+    covariance :math:`\frac1r\sum_{i\ne j}S_{ij}^2` for each view."""
+    _check_moments(cov, cross_cov)
+    r = cov.shape[0]
+    inv = jnp.trace(2.0 * cov - cross_cov - cross_cov.T) / r
+    var = jnp.mean(jax.nn.relu(1.0 - jnp.sqrt(jnp.diagonal(cov) + eps)))
+    off = (jnp.sum(cov**2) - jnp.sum(jnp.diagonal(cov) ** 2)) / r
+    return sim_coeff * inv + std_coeff * var + cov_coeff * 2.0 * off
