@@ -127,8 +127,12 @@ def build(config: dict) -> Sweep:
     prepare_fn, train_fn, evaluate_fn = make_compare_cell(
         lambda cell: mixture(config, cell), train_config,
         num_baseline=config["num_baseline"], num_eval=config["num_eval"])
-    cell_bytes = estimate_cell_bytes(config["d"], config["r"], config["batch_size"],
-                                     num_negatives=0 if config["loss"] == "infonce_population" else None)
+    b = config["batch_size"]
+    # the B×N similarity matrix: none for the population losses, 2B×2B (= B×4B) for the
+    # losses on the 2B embeddings of both views; BYOL holds a target copy of A as well
+    negatives = 0 if config["loss"].endswith("_population") else 4 * b if config["loss"] in ("ntxent", "dcl") else None
+    cell_bytes = estimate_cell_bytes(config["d"], config["r"], b, num_negatives=negatives,
+                                     num_param_matrices=2 if config["loss"] == "byol" else 1)
     return Sweep(train_fn, evaluate_fn, axes, cell_bytes, prepare_fn)
 
 
