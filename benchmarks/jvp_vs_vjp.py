@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.nn import logsumexp
 
-from gmmssl.losses import infonce
+from gmmssl.losses import SMALL_RANK, infonce
+from gmmssl.losses._infonce import _outer_logits  # the same logits as today's kernel
 
 @jax.custom_vjp
 def diagonal_cross_entropy(logits):
@@ -40,19 +41,6 @@ def _xent_bwd(probs, g):
 
 
 diagonal_cross_entropy.defvjp(_xent_fwd, _xent_bwd)
-
-# Embedding widths up to this use the fused low-rank kernel below.
-SMALL_RANK = 4
-
-
-def _outer_logits(a, b):
-    """ℓ_ij = Σ_k a_ik b_jk as a sum of r outer products: elementwise, so XLA fuses it into
-    the reductions that consume it instead of running a (B, r) × (r, B) matmul."""
-    out = a[:, 0, None] * b[None, :, 0]
-    for k in range(1, a.shape[1]):
-        out = out + a[:, k, None] * b[None, :, k]
-    return out
-
 
 @jax.custom_vjp
 def low_rank_cross_entropy(a, b):
