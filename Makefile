@@ -1,5 +1,5 @@
 # make demo: create .venv if missing, install gmmssl, run the main job (parallel pancakes, CPU).
-# make test: the same environment, then the whole test suite.
+# make test: the same environment, then the whole test suite (on up to 4 workers, pytest-xdist).
 # make docs: regenerate the API reference, docs/api.md, from the docstrings.
 PYTHON ?= python3
 VENV ?= .venv
@@ -20,7 +20,7 @@ demo: $(STAMP)
 	JAX_PLATFORMS=cpu $(BIN)/gmmssl run pancakes
 
 test: $(STAMP)
-	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q --durations=15
+	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadgroup --durations=15
 
 docs: $(STAMP)
 	JAX_PLATFORMS=cpu $(BIN)/python -m gmmssl.apidoc docs/api.md

@@ -8,3 +8,16 @@ _CACHE = Path(__file__).resolve().parent / ".pytest_cache" / "jax-compilation-ca
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The suite's time is mostly XLA compiling small programs: compile them with most
+# optimizations off (about a fifth faster; that changes rounding, not what a test checks).
+# JAX_DISABLE_MOST_OPTIMIZATIONS=0 tests the optimized programs.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The long tests first (marked ``slow``, and the doc files' doctests), so that with
+    ``-n 2`` the workers finish together instead of one waiting on a late long test."""
+    def long(item):
+        return item.get_closest_marker("slow") is not None or item.nodeid.endswith((".md::README.md", "guide.md"))
+
+    items.sort(key=lambda item: not long(item))  # stable: collection order otherwise

@@ -1,9 +1,12 @@
 """The benchmarks run at a tiny size and write well-formed output (their figures are not asserted)."""
 import json
 
+import pytest
+
 from gmmssl.cli import main
 
 
+@pytest.mark.slow
 def test_bench_quick_writes_json_and_markdown(tmp_path):
     assert main(["bench", "all", "--quick", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "bench.json").read_text())

@@ -20,6 +20,7 @@ def test_console_script_is_installed():
     assert "pancakes" in out.stdout
 
 
+@pytest.mark.slow
 def test_run_pancakes_writes_tidy_results(tmp_path, capsys):
     out = tmp_path / "pk"
     assert main(["run", "pancakes", "--out", str(out), *TINY]) == 0
@@ -72,6 +73,7 @@ def test_unwritable_output_folder(tmp_path, capsys):
     assert "--out" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_run_with_another_loss(tmp_path):
     # the CLI's loss switch; every loss's own training is tested in test_objectives.py (and
     # infonce_population end to end by the time-to-answer benchmark's smoke test)

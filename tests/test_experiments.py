@@ -53,13 +53,20 @@ class _Runs:
         return self.done[name]
 
 
+def _grouped(names):
+    """One parameter per experiment, each in its own xdist group: the tests that read an
+    experiment's tiny run go to one worker, which runs it once (`make test` runs
+    ``--dist loadgroup``)."""
+    return [pytest.param(n, marks=[pytest.mark.xdist_group(f"experiment-{n}"), pytest.mark.slow]) for n in names]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("results")
     return root, _Runs(root)
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", _grouped(sorted(TINY)))
 def test_experiment_writes_results_figures_and_a_verdict(runs, name):
     _, out = runs
     run, folder = out[name]
@@ -75,7 +82,7 @@ def test_experiment_writes_results_figures_and_a_verdict(runs, name):
     assert [dataclasses.asdict(c) for c in recomputed] == verdict["claims"]
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", _grouped(sorted(TINY)))
 def test_verdict_logic_can_fail(runs, name):
     """Rows with the learned projectors' capture (and ARI) broken must fail some claim."""
     _, out = runs
@@ -104,6 +111,7 @@ def test_verdict_logic_can_fail(runs, name):
     assert any(not c.passed for c in claims), [dataclasses.asdict(c) for c in claims]
 
 
+@pytest.mark.xdist_group("experiment-rank")
 def test_report_is_generated_from_the_results(runs, tmp_path):
     root, out = runs
     names = ["pancakes", "rank"]
@@ -134,6 +142,7 @@ def test_run_all_and_report_on_the_command_line(capsys, tmp_path):
     assert "known experiments" in capsys.readouterr().err
 
 
+@pytest.mark.xdist_group("experiment-conjecture")
 def test_conjecture_runs_in_float64_and_reruns_the_worst_longer(runs):
     import jax
     import numpy as np
@@ -153,6 +162,7 @@ def test_conjecture_runs_in_float64_and_reruns_the_worst_longer(runs):
     assert any(k.endswith("infonce_population") for k in np.load(folder / "projectors.npz").files)
 
 
+@pytest.mark.xdist_group("experiment-nonlinear")
 def test_nonlinear_saves_the_network_parameters(runs):
     import numpy as np
 

@@ -155,6 +155,7 @@ def test_map_grid_returns_tidy_rows_compiles_once_and_resumes(tmp_path):
         map_grid(lambda c: {"seed": c["seed"] * 1.0}, {"seed": [0]})
 
 
+@pytest.mark.slow
 def test_a_users_objective_runs_through_the_comparison_cell_and_the_engine():
     cfg = TrainConfig(loss=DCL, **SMALL)
     prepare_fn, train_fn, evaluate_fn = make_compare_cell(lambda cell: GMM, cfg, num_baseline=100, num_eval=100)
@@ -190,6 +191,7 @@ def test_the_api_reference_is_generated_from_the_current_code():
     assert "map_grid" in committed and "class Objective" in committed
 
 
+@pytest.mark.slow
 def test_a_wheel_installs_and_runs_outside_the_repository(tmp_path):
     """The built distribution holds one top-level package and works from any directory."""
     import shutil

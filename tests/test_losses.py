@@ -180,6 +180,7 @@ def test_infonce_population_equals_a_direct_mgf_sum():
     np.testing.assert_allclose(infonce_population(z, zp, means, cov, logw, temperature=t), ref, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_sampled_infonce_minus_log_b_tends_to_the_population_value():
     """(sampled − log B) → population value, the gap shrinking as B grows.
 

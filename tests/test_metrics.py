@@ -63,6 +63,7 @@ def test_ari_edge_cases():
     assert np.isclose(metrics.adjusted_rand_index(one, one, 1, 1), adjusted_rand_score(one, one))
 
 
+@pytest.mark.slow
 def test_kmeans_recovers_separated_blobs_and_vmaps():
     g = GMM(jnp.array([[0.0, 0.0], [6.0, 0.0], [0.0, 6.0]]), jnp.eye(2))
     from gmmssl.gmm import sample

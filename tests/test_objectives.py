@@ -40,6 +40,7 @@ def test_simsiam_predictor_is_a_trained_parameter_starting_near_identity():
     assert np.abs(np.asarray(res.params["P"]) - np.asarray(p0)).max() > 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_gradient", [True, False])
 def test_simsiam_surviving_norms_follow_the_prediction(stop_gradient):
     """No predictor, l2: the squared norms of AᵀΣ_T A against the canonical correlations ρ.
@@ -61,6 +62,7 @@ def test_simsiam_surviving_norms_follow_the_prediction(stop_gradient):
         np.testing.assert_allclose(norms, predicted, atol=0.05, err_msg=f"xi={xi}")
 
 
+@pytest.mark.slow
 def test_clip_learns_the_shared_fisher_subspace_and_filters_private_structure():
     mm = multimodal_gmm(jax.random.PRNGKey(0), dims=(6, 6), num_components=3, num_private=(2, 2),
                         separation=2.0, private_separation=3.0)

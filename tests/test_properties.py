@@ -61,6 +61,7 @@ def test_dot_and_cosine_losses_are_invariant_to_a_rotation_of_the_embeddings(z, 
         np.testing.assert_allclose(loss(z @ q, zp @ q), loss(z, zp), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(i=st.integers(0, 4), j=st.integers(0, 2))
 def test_nan_in_nan_out(gmm, i, j):

@@ -21,6 +21,7 @@ def test_flatten_grid_is_the_cartesian_product_first_axis_slowest():
         flatten_grid({})
 
 
+@pytest.mark.slow
 def test_grid_cell_matches_the_single_run_and_chunks_compile_once():
     g = parallel_pancakes(6, 2)
     cfg = TrainConfig(r=2, batch_size=64, steps=40, log_every=20)
@@ -79,6 +80,7 @@ def _max_metric_diff(a, b):
     return worst
 
 
+@pytest.mark.slow
 def test_chunks_compile_once_whatever_the_grid_size():
     # the configuration and chunk of the test above: the same programs (compiled once per session)
     g = parallel_pancakes(6, 2)
@@ -93,6 +95,7 @@ def test_chunks_compile_once_whatever_the_grid_size():
         assert out["projectors"]["infonce"].shape[0] == cells
 
 
+@pytest.mark.slow
 def test_memory_estimate_bounds_what_xla_allocates():
     """The per-cell estimate is an upper bound within 4× of XLA's compiled temp memory."""
     for d, r, b in ((16, 2, 128), (64, 8, 256), (32, 4, 512)):
@@ -118,18 +121,21 @@ def test_choose_chunk_size():
     assert choose_chunk_size(1000, grid_size=100, budget_bytes=10**9, max_cells=64) == 50  # 2 × 50
 
 
+@pytest.mark.slow
 def test_same_command_twice_writes_identical_results(tmp_path):
     for name in ("a", "b"):
         assert main(["run", "pancakes", "--out", str(tmp_path / name), *TINY]) == 0
     assert (tmp_path / "a" / "results.csv").read_bytes() == (tmp_path / "b" / "results.csv").read_bytes()
 
 
+@pytest.mark.slow
 def test_chunking_changes_nothing_beyond_rounding(tmp_path):
     main(["run", "pancakes", "--out", str(tmp_path / "one"), *TINY])
     main(["run", "pancakes", "--out", str(tmp_path / "many"), *TINY, "--chunk-size", "1"])
     assert _max_metric_diff(_rows(tmp_path / "one"), _rows(tmp_path / "many")) < 1e-4
 
 
+@pytest.mark.slow
 def test_four_devices_give_the_same_results_as_one(tmp_path):
     env = {"XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     four = _cli("run", "pancakes", "--out", str(tmp_path / "four"), *TINY, env=env)
@@ -143,6 +149,7 @@ def test_four_devices_give_the_same_results_as_one(tmp_path):
     assert _max_metric_diff(_rows(tmp_path / "four"), _rows(tmp_path / "one")) < 1e-4
 
 
+@pytest.mark.slow
 def test_sigkill_halfway_then_resume_gives_the_uninterrupted_results(tmp_path):
     args = ["run", "pancakes", *TINY, "--set", "seeds=4", "--chunk-size", "1"]  # 12 chunks
     full = _cli(*args, "--out", str(tmp_path / "full"))
@@ -173,6 +180,7 @@ def test_resume_refuses_a_different_config(tmp_path, capsys):
     assert "different config" in err and "steps (100 -> 200)" in err
 
 
+@pytest.mark.slow
 def test_static_axes_run_one_compilation_each(tmp_path):
     assert main(["run", "pancakes", "--out", str(tmp_path), *TINY, "--set", "num_components=2,3"]) == 0
     rows = _rows(tmp_path)

@@ -178,6 +178,7 @@ def test_outputs_above_the_limit_stop_after_the_first_chunk_which_is_kept(tmp_pa
 from tiny import TINY  # the tests' shared configuration: its programs compile once per session
 
 
+@pytest.mark.slow
 def test_finished_work_is_kept_reused_and_only_replaced_on_request(tmp_path, capsys):
     out = str(tmp_path)
     assert main(["run", "pancakes", "--out", out, *TINY]) == 0
@@ -222,6 +223,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path, capsys):
     assert not (tmp_path / "results.csv").exists()
 
 
+@pytest.mark.slow
 def test_a_full_disk_gives_one_line_and_keeps_the_finished_chunks(tmp_path, monkeypatch, capsys):
     real = sweep.atomic_write
     calls = []
@@ -277,6 +279,7 @@ def test_meaningless_input_is_refused_in_one_line(args, message, tmp_path, capsy
     assert message in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_a_grid_too_long_is_stopped_unless_confirmed(tmp_path, capsys):
     args = ["run", "pancakes", "--out", str(tmp_path), *TINY, "--chunk-size", "1", "--max-hours", "1e-9"]
     assert main(args) == 2
