@@ -4,7 +4,8 @@ Modules, in the order data flows: :mod:`gmmssl.gmm` (mixtures) and :mod:`gmmssl.
 (labelled data sets, your own pair sources), :mod:`gmmssl.augment` (AeD(δ) pairs),
 :mod:`gmmssl.losses`, :mod:`gmmssl.train` (the trainer and its extension points:
 :class:`gmmssl.train.Objective`, optimizers, schedules), :mod:`gmmssl.fisher` (subspaces
-and baselines), :mod:`gmmssl.metrics`, :mod:`gmmssl.evaluate` (one grid cell of a
+and baselines), :mod:`gmmssl.metrics`, :mod:`gmmssl.exact` (the exact population InfoNCE
+objective and certified optima), :mod:`gmmssl.evaluate` (one grid cell of a
 comparison), :mod:`gmmssl.sweep` (grids: :func:`gmmssl.sweep.map_grid` for a sweep from
 a script), :mod:`gmmssl.results` (tidy tables, verdicts), :mod:`gmmssl.plots`,
 :mod:`gmmssl.experiment` (the runner), :mod:`gmmssl.report`, :mod:`gmmssl.cli`; the
@@ -16,12 +17,12 @@ the others (plots, the runner, the CLI, experiments, benchmarks) on first use.
 """
 import importlib
 
-from gmmssl import augment, data, evaluate, fisher, gmm, losses, metrics, projectors, results, sweep, train
+from gmmssl import augment, data, evaluate, exact, fisher, gmm, losses, metrics, projectors, results, sweep, train
 
 __version__ = "0.1.0"
 
 _LAZY = ("benchmarks", "cli", "experiment", "experiments", "plots", "report")
-__all__ = ["__version__", "augment", "data", "evaluate", "fisher", "gmm", "losses", "metrics", "projectors",
+__all__ = ["__version__", "augment", "data", "evaluate", "exact", "fisher", "gmm", "losses", "metrics", "projectors",
            "results", "sweep", "train", *_LAZY]
 
 

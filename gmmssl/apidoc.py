@@ -11,7 +11,7 @@ import re
 import sys
 from pathlib import Path
 
-MODULES = ("gmm", "data", "augment", "losses", "train", "projectors", "fisher", "metrics", "evaluate", "sweep",
+MODULES = ("gmm", "data", "augment", "losses", "train", "projectors", "fisher", "metrics", "exact", "evaluate", "sweep",
            "results", "experiment")
 
 

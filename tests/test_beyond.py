@@ -156,7 +156,11 @@ def test_scale_presets_resolve_and_bad_scale_is_refused():
         with pytest.raises(ValueError, match="scale"):
             resolve_config(exp, {"scale": "huge"})
     conj = resolve_config(experiments.get("conjecture"), {"scale": "paper"})
-    n = conj["mixtures"] * len(conj["d"]) * len(conj["num_components"]) * len(conj["mode"])
-    assert n >= 1000
+    static = ("d", "num_components", "mode", "centered", "extra_rank")
+    assert conj["mixtures"] * int(np.prod([len(conj[k]) for k in static])) >= 1000
+    assert max(conj["d"]) >= 64 and set(conj["num_components"]) >= {2, 8} and set(conj["mode"]) == {"prior", "other"}
+    assert set(conj["centered"]) == {True, False} and set(conj["extra_rank"]) >= {0, 1}
+    assert conj["small_kappa"] > 0 and "4096" in conj["finite_batch"]
     default = resolve_config(experiments.get("conjecture"), {})
-    assert default["mixtures"] * len(default["d"]) * len(default["num_components"]) * len(default["mode"]) >= 200
+    sizes = [len(default[k]) if isinstance(default[k], tuple) else 1 for k in static]
+    assert default["mixtures"] * int(np.prod(sizes)) >= 128

@@ -23,8 +23,9 @@ TINY = {
     "clip": {"steps": "50", "log_every": "25", "num_eval": "200", "seeds": "1", "private_separation": "0,2",
              "delta": "1", "batch_size": "64"},
     "real": {"steps": "50", "log_every": "25", "seeds": "1", "delta": "0.25,1", "batch_size": "64"},
-    "conjecture": {**COMMON, "d": "4", "num_components": "3", "mode": "prior", "mixtures": "3", "batch_size": "64",
-                   "candidates": "2", "rerun_factor": "2"},
+    "conjecture": {"d": "4", "num_components": "3", "mode": "prior", "centered": "true", "mixtures": "3",
+                   "starts": "2", "newton_steps": "30", "finite_batch": "64", "finite_mixtures": "1",
+                   "finite_steps": "100", "finite_d": "4"},
     "nonlinear": {**COMMON, "seeds": "1", "delta": "1", "loss": "infonce", "depth": "1", "width": "8", "d": "6",
                   "num_jacobian": "16", "batch_size": "64"},
     "zoo": {**COMMON, "seeds": "1", "loss": "infonce,byol", "delta": "0,1", "d": "6",
@@ -143,12 +144,28 @@ def test_run_all_and_report_on_the_command_line(capsys, tmp_path):
 
 
 @pytest.mark.xdist_group("experiment-conjecture")
-def test_conjecture_runs_in_float64_and_reruns_the_worst_longer(runs):
-    import jax
+def test_conjecture_certifies_its_optima_and_compares_finite_batches(runs):
     import numpy as np
 
     _, out = runs
     run, folder = out["conjecture"]
+    exact_rows = [r for r in run.rows if r["method"] == "exact"]
+    assert len(exact_rows) == 3 and all(r["certified"] and r["starts_agree"] for r in exact_rows)
+    assert all(r["grad_norm"] <= 1e-8 and r["hessian_min_eig"] > 0 for r in exact_rows)
+    finite = [r for r in run.rows if r.get("phase") == "finite"]
+    assert len(finite) == 1 and finite[0]["batch_size"] == 64 and finite[0]["method"] == "infonce"
+    assert np.asarray(run.parts[0].outputs["projectors"]["exact"]).dtype == np.float64
+    assert (folder / "conjecture-certified.png").exists()
+
+
+@pytest.mark.slow
+def test_conjecture_sgd_view_runs_in_float64_and_reruns_the_worst_longer(tmp_path):
+    import jax
+    import numpy as np
+
+    config = {**COMMON, "view": "sgd", "d": "4", "num_components": "3", "mode": "prior", "centered": "true",
+              "mixtures": "3", "batch_size": "64", "candidates": "2", "rerun_factor": "2", "small_kappa": "0"}
+    run = run_experiment(experiments.get("conjecture"), tmp_path, config)
     assert not jax.config.jax_enable_x64  # switched on for the run only
     ssl = [r for r in run.rows if r["method"] == "infonce_population"]
     main = [r for r in ssl if r.get("phase") != "longer"]
@@ -159,7 +176,11 @@ def test_conjecture_runs_in_float64_and_reruns_the_worst_longer(runs):
     assert {r["delta"] for r in longer} == {r["delta"] for r in worst}  # the same mixtures
     assert run.parts[-1].config["steps"] == 2 * run.parts[0].config["steps"]
     assert np.asarray(run.parts[0].outputs["projectors"]["infonce_population"]).dtype == np.float64
-    assert any(k.endswith("infonce_population") for k in np.load(folder / "projectors.npz").files)
+    assert any(k.endswith("infonce_population") for k in np.load(tmp_path / "projectors.npz").files)
+    recomputed, _ = recompute_claims(experiments.get("conjecture"), tmp_path)
+    assert [c.passed for c in recomputed] == [c["passed"] for c in json.loads((tmp_path / "verdict.json").read_text())["claims"]]
+    broken = dataclasses.replace(run, rows=[{**r, "deficit": 0.5} for r in run.rows])
+    assert not all(c.passed for c in experiments.get("conjecture").claims(broken))
 
 
 @pytest.mark.xdist_group("experiment-nonlinear")
