@@ -42,7 +42,7 @@ from jax.scipy.special import logsumexp
 
 from gmmssl._validate import check_choice, check_int, check_range
 from gmmssl.augment import MODES
-from gmmssl.gmm import GMM
+from gmmssl.gmm import GMM, HeteroGMM
 
 __all__ = ["GRAD_TOL", "HESS_TOL", "certificate", "certify", "exact_infonce", "exact_infonce_in_span", "gauss_hermite",
            "DEFAULT_LEVELS", "default_level", "newton", "pair_law", "perp_curvature",
@@ -118,6 +118,8 @@ def _lse_term(centers, noise, nodes, weights_q, log_pi, directions, t):
 
 
 def _setup(gmm, delta, mode, temperature):
+    if isinstance(gmm, HeteroGMM) or not isinstance(gmm, GMM):
+        raise ValueError(f"the exact objective needs a GMM with one shared covariance, got {type(gmm).__name__}")
     check_range("temperature", temperature, 0.0, float("inf"), low_open=True, high_open=True)
     return pair_law(gmm, delta, mode), jnp.log(gmm.weights)
 
@@ -197,8 +199,8 @@ def exact_infonce_in_span(b, gmm: GMM, delta, mode: str = "prior", temperature=1
     Returns:
       the scalar L(A); :func:`span_projector` gives A.
     """
-    chol, u = span_basis(gmm) if basis is None else basis
     law, log_pi = _setup(gmm, delta, mode, temperature)
+    chol, u = span_basis(gmm) if basis is None else basis
     t = temperature
     if jnp.ndim(b) != 2 or b.shape[0] != u.shape[1]:
         raise ValueError(f"b must be (q, r) with q = {u.shape[1]} (the whitened means' span), got {jnp.shape(b)}")
@@ -334,7 +336,9 @@ def certify(key, gmm: GMM, delta, r: int, mode: str = "prior", temperature=1.0, 
     "starts_agree" (every start within 1e-9·max(|L|, 1) of the best), "sv" (b's singular
     values, descending: a zero one is a dropped direction) and "quad_error" (the change
     of L between this and a coarser quadrature level, an error estimate).
-    Traceable in the mixture and δ (static: r, mode, centered, starts, iterations, level).
+    ``centered`` must describe the mixture: True searches S_F only (q = m), which for
+    uncentered means would miss the mean direction. Traceable in the mixture and δ
+    (static: r, mode, centered, starts, iterations, level).
     """
     r = check_int("r", r, low=1)
     basis = span_basis(gmm, centered)

@@ -191,3 +191,10 @@ def test_adam_on_the_sampled_objective_reaches_the_certified_optimum_uncentered_
     assert bool(cert["certified"]) and deficit > 0.05  # the tilt toward Σ⁻¹μ̄
     assert float(jnp.degrees(metrics.principal_angles(a, cert["projector"])[-1])) < 1.0
     assert 1.0 - float(metrics.fisher_capture(a, f)) == pytest.approx(deficit, abs=5e-3)
+
+
+def test_exact_objective_refuses_a_heteroscedastic_mixture():
+    from gmmssl.gmm import hetero_gmm
+
+    with pytest.raises(ValueError, match="shared covariance"):
+        exact.exact_infonce(jnp.ones((4, 1)), hetero_gmm(jax.random.PRNGKey(0), 4, 2), 0.5)
