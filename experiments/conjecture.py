@@ -362,6 +362,8 @@ def findings_sgd(run: Run) -> str:
 def _finite_batches(config) -> tuple:
     value = config["finite_batch"]
     parts = [p for p in str(value).replace(" ", "").split(",") if p]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise ValueError(f"finite_batch must be comma-separated batch sizes such as 64,512, got {value!r}")
     return tuple(check_int("finite_batch", int(p), low=2) for p in parts)
 
 

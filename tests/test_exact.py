@@ -60,7 +60,6 @@ def test_the_two_forms_agree_and_equal_a_long_monte_carlo_estimate(centered):
     assert v_span == pytest.approx(v_z, abs=1e-9)
     assert float(exact.exact_infonce(a, g, 0.6)) == pytest.approx(v_z, abs=1e-6)  # the default level
     # Monte Carlo from the sampler: anchors and positives drawn, negatives' MGF in closed form
-    rng = np.random.default_rng(0)
     m, s = np.asarray(g.means @ a), np.asarray(a.T @ g.cov @ a)
     est = []
     for rep in range(6):
@@ -70,7 +69,6 @@ def test_the_two_forms_agree_and_equal_a_long_monte_carlo_estimate(centered):
         est.append(np.mean(lse + 0.5 * np.einsum("br,rs,bs->b", z, s, z) - np.sum(z * zp, 1)))
     se = np.std(est) / np.sqrt(len(est)) + 1e-4
     assert abs(np.mean(est) - v_z) <= 4 * se, (np.mean(est), v_z, se)
-    del rng
 
 
 def test_gradients_match_finite_differences():
