@@ -46,6 +46,7 @@ def test_gauss_hermite_integrates_gaussian_moments(dim, level):
         assert w @ (nodes[:, 0] ** 2 * nodes[:, 1] ** 2) == pytest.approx(1.0, abs=1e-10)
 
 
+@pytest.mark.optimized
 @pytest.mark.parametrize("centered", [True, False])
 def test_the_two_forms_agree_and_equal_a_long_monte_carlo_estimate(centered):
     g = _gmm(k=3, centered=centered)
