@@ -34,7 +34,9 @@ def main(argv=None) -> int:
     report = {"environment": common.environment(), "quick": a.quick}
     md = [f"# gmmssl benchmarks\n\n{json.dumps(report['environment'])}\n"]
     if a.what in ("kernels", "all"):
-        kw = dict(batches=(64,), ranks=(2,), dims=(8,), repeats=2) if a.quick else {}
+        # quick: one loss of each kind (in-batch, non-contrastive, population)
+        kw = dict(batches=(64,), ranks=(2,), dims=(8,), repeats=2,
+                  names=("infonce", "simsiam", "infonce_population")) if a.quick else {}
         report["kernels"] = kernels.run(**kw)
         md += ["## Kernels", f"matmul peak: {report['kernels']['matmul_peak']['flops_per_s'] / 1e9:.1f} GFLOP/s", "",
                _table(report["kernels"]["rows"], ["loss", "mode", "B", "r", "d", "compile_s", "median_s", "iqr_s",

@@ -1,8 +1,34 @@
+import contextlib
+import io
+import shutil
+
 import jax
 import numpy as np
 import pytest
 
+from gmmssl.cli import main
 from gmmssl.gmm import parallel_pancakes, random_gmm
+from tiny import TINY
+
+
+@pytest.fixture(scope="session")
+def _finished_tiny(tmp_path_factory):
+    """The shared tiny pancakes run (``tiny.TINY``), run once per test process:
+    (folder, console output)."""
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        assert main(["run", "pancakes", "--out", str(out), *TINY]) == 0
+    return out, text.getvalue()
+
+
+@pytest.fixture
+def finished_tiny(_finished_tiny, tmp_path):
+    """A copy of that finished run in this test's own folder, for tests that start from
+    finished work or compare against it: (folder, console output)."""
+    src, text = _finished_tiny
+    shutil.copytree(src, tmp_path / "finished")
+    return tmp_path / "finished", text
 
 
 @pytest.fixture

@@ -21,9 +21,8 @@ def test_console_script_is_installed():
 
 
 @pytest.mark.slow
-def test_run_pancakes_writes_tidy_results(tmp_path, capsys):
-    out = tmp_path / "pk"
-    assert main(["run", "pancakes", "--out", str(out), *TINY]) == 0
+def test_run_pancakes_writes_tidy_results(finished_tiny):
+    out, text = finished_tiny  # main(["run", "pancakes", "--out", ..., *TINY]) == 0
     for name in ("results.csv", "config.json", "projectors.npz", "verdict.json", "pancakes.png"):
         assert (out / name).exists(), name
     rows = results.read_csv(out / "results.csv")
@@ -35,7 +34,6 @@ def test_run_pancakes_writes_tidy_results(tmp_path, capsys):
         assert 0.0 <= r["fisher_capture"] <= 1.0 + 1e-5
     lda = [r for r in rows if r["method"] == "lda"]
     assert min(r["fisher_capture"] for r in lda) > 0.95
-    text = capsys.readouterr().out
     assert "fisher_capture (mean±std over seeds)" in text and "verdict:" in text
     npz = np.load(out / "projectors.npz")
     assert npz["infonce"].shape == (6, 8, 2)

@@ -122,31 +122,31 @@ def test_choose_chunk_size():
 
 
 @pytest.mark.slow
-def test_same_command_twice_writes_identical_results(tmp_path):
-    for name in ("a", "b"):
-        assert main(["run", "pancakes", "--out", str(tmp_path / name), *TINY]) == 0
-    assert (tmp_path / "a" / "results.csv").read_bytes() == (tmp_path / "b" / "results.csv").read_bytes()
+def test_same_command_twice_writes_identical_results(tmp_path, finished_tiny):
+    first, _ = finished_tiny  # the same command, run earlier in this process
+    assert main(["run", "pancakes", "--out", str(tmp_path / "b"), *TINY]) == 0
+    assert (first / "results.csv").read_bytes() == (tmp_path / "b" / "results.csv").read_bytes()
 
 
 @pytest.mark.slow
-def test_chunking_changes_nothing_beyond_rounding(tmp_path):
-    main(["run", "pancakes", "--out", str(tmp_path / "one"), *TINY])
-    main(["run", "pancakes", "--out", str(tmp_path / "many"), *TINY, "--chunk-size", "1"])
-    assert _max_metric_diff(_rows(tmp_path / "one"), _rows(tmp_path / "many")) < 1e-4
+def test_chunking_changes_nothing_beyond_rounding(tmp_path, finished_tiny):
+    one, _ = finished_tiny  # one chunk of 6 cells
+    assert main(["run", "pancakes", "--out", str(tmp_path / "many"), *TINY, "--chunk-size", "1"]) == 0
+    assert _max_metric_diff(_rows(one), _rows(tmp_path / "many")) < 1e-4
 
 
 @pytest.mark.slow
-def test_four_devices_give_the_same_results_as_one(tmp_path):
+def test_four_devices_give_the_same_results_as_one(tmp_path, finished_tiny):
     env = {"XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     four = _cli("run", "pancakes", "--out", str(tmp_path / "four"), *TINY, env=env)
     assert four.returncode == 0, four.stderr
-    one = _cli("run", "pancakes", "--out", str(tmp_path / "one"), *TINY, env={"JAX_PLATFORMS": "cpu"})
-    assert one.returncode == 0, one.stderr
+    one, _ = finished_tiny  # this process: one CPU device
+    assert len(json.loads((one / "config.json").read_text())["environment"]["devices"]) == 1
     devices = json.loads((tmp_path / "four" / "config.json").read_text())["environment"]["devices"]
     assert len(devices) == 4
     manifest = json.loads((tmp_path / "four" / "chunks" / "all" / "sweep.json").read_text())
     assert manifest["chunk_size"] % 4 == 0
-    assert _max_metric_diff(_rows(tmp_path / "four"), _rows(tmp_path / "one")) < 1e-4
+    assert _max_metric_diff(_rows(tmp_path / "four"), _rows(one)) < 1e-4
 
 
 @pytest.mark.slow
@@ -173,9 +173,9 @@ def test_sigkill_halfway_then_resume_gives_the_uninterrupted_results(tmp_path):
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
 
-def test_resume_refuses_a_different_config(tmp_path, capsys):
-    assert main(["run", "pancakes", "--out", str(tmp_path), *TINY]) == 0
-    assert main(["run", "pancakes", "--out", str(tmp_path), *TINY, "--set", "steps=200", "--resume"]) == 2
+def test_resume_refuses_a_different_config(finished_tiny, capsys):
+    out, _ = finished_tiny
+    assert main(["run", "pancakes", "--out", str(out), *TINY, "--set", "steps=200", "--resume"]) == 2
     err = capsys.readouterr().err
     assert "different config" in err and "steps (100 -> 200)" in err
 

@@ -179,9 +179,9 @@ from tiny import TINY  # the tests' shared configuration: its programs compile o
 
 
 @pytest.mark.slow
-def test_finished_work_is_kept_reused_and_only_replaced_on_request(tmp_path, capsys):
+def test_finished_work_is_kept_reused_and_only_replaced_on_request(finished_tiny, capsys):
+    tmp_path, _ = finished_tiny  # main(["run", "pancakes", "--out", ..., *TINY]) == 0
     out = str(tmp_path)
-    assert main(["run", "pancakes", "--out", out, *TINY]) == 0
     first = (tmp_path / "results.csv").read_bytes()
     assert main(["run", "pancakes", "--out", out, *TINY]) == 0  # the same config: reused, not deleted
     assert "reusing its finished chunks" in capsys.readouterr().out
@@ -196,11 +196,11 @@ def test_finished_work_is_kept_reused_and_only_replaced_on_request(tmp_path, cap
     assert (tmp_path / "results.csv").read_bytes() != first
 
 
-def test_an_interrupted_overwrite_never_leaves_the_old_results_under_the_new_config(tmp_path, monkeypatch):
+def test_an_interrupted_overwrite_never_leaves_the_old_results_under_the_new_config(finished_tiny, monkeypatch):
     from gmmssl import report
 
+    tmp_path, _ = finished_tiny  # main(["run", "pancakes", "--out", ..., *TINY]) == 0
     out = str(tmp_path)
-    assert main(["run", "pancakes", "--out", out, *TINY]) == 0
     assert report.finished_problem(tmp_path) is None
 
     def killed(*args, **kwargs):

@@ -159,7 +159,6 @@ def test_siglip_learns_its_temperature_and_bias():
     assert float(out.params["bias"]) != pytest.approx(-10.0)
 
 
-@pytest.mark.optimized
 @pytest.mark.slow
 def test_population_losses_are_the_large_batch_limits_of_the_sampled_ones():
     from gmmssl.augment import sample_pairs
