@@ -170,15 +170,23 @@ def test_population_losses_are_the_large_batch_limits_of_the_sampled_ones():
     with jax.enable_x64(True):
         g64 = jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float64), g)
         a64 = jnp.asarray(a, jnp.float64)
-        s, x, m = pair_moments(a64, g64, 0.7)
-        xs, xps, _, _ = sample_pairs(jax.random.PRNGKey(7), g64, 200_000, 0.7)
-        z, zp = xs @ a64, xps @ a64
-        # spectral: unbiased for every B; compare on a large batch's parts
-        parts = [v.reshape(-1, 100, v.shape[1]).swapaxes(0, 1) for v in (z, zp)]  # part i: rows i, i+100, …
-        sampled = jnp.mean(jax.vmap(losses.spectral_contrastive)(*parts))
-        np.testing.assert_allclose(sampled, losses.spectral_contrastive_population(s, x, m), rtol=2e-2)
-        np.testing.assert_allclose(losses.barlow_twins(z, zp), losses.barlow_twins_population(s, x), rtol=1e-2)
-        np.testing.assert_allclose(losses.vicreg(z, zp), losses.vicreg_population(s, x), rtol=1e-2)
+
+        @jax.jit  # one program, not dozens of eager operations
+        def sampled_and_population(key):
+            s, x, m = pair_moments(a64, g64, 0.7)
+            xs, xps, _, _ = sample_pairs(key, g64, 200_000, 0.7)
+            z, zp = xs @ a64, xps @ a64
+            # spectral: unbiased for every B; compare on a large batch's parts
+            parts = [v.reshape(-1, 100, v.shape[1]).swapaxes(0, 1) for v in (z, zp)]  # part i: rows i, i+100, …
+            return {"spectral": (jnp.mean(jax.vmap(losses.spectral_contrastive)(*parts)),
+                                 losses.spectral_contrastive_population(s, x, m)),
+                    "barlow_twins": (losses.barlow_twins(z, zp), losses.barlow_twins_population(s, x)),
+                    "vicreg": (losses.vicreg(z, zp), losses.vicreg_population(s, x))}
+
+        out = sampled_and_population(jax.random.PRNGKey(7))
+        np.testing.assert_allclose(*out["spectral"], rtol=2e-2)
+        np.testing.assert_allclose(*out["barlow_twins"], rtol=1e-2)
+        np.testing.assert_allclose(*out["vicreg"], rtol=1e-2)
 
 
 def test_population_objectives_train_noise_free():
