@@ -42,7 +42,7 @@ def main(argv=None) -> int:
                _table(report["kernels"]["rows"], ["loss", "mode", "B", "r", "d", "compile_s", "median_s", "iqr_s",
                                                   "flops_per_s", "fraction_of_peak"])]
     if a.what in ("sweep", "all"):
-        kw = dict(configs=("pancakes",), sizes=(1, 4), loop_sizes=(1,), repeats=1) if a.quick else {}
+        kw = dict(configs=("pancakes",), sizes=(1, 4), loop_sizes=(1,), repeats=1, steps=10) if a.quick else {}
         report["sweep"] = sweeps.run(**kw)
         md += ["## Sweeps", _table(report["sweep"]["rows"], ["config", "method", "G", "compile_s", "median_s",
                                                              "model_steps_per_s", "peak_rss_mb"])]

@@ -10,6 +10,7 @@ Compile time is reported apart from steady state; each figure is a median over r
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
@@ -62,14 +63,17 @@ def _grid_timed(gmm, cfg, g: int, repeats: int, budget_bytes: int | None, max_ce
 
 
 def run(configs=("pancakes", "delta"), sizes=(1, 16, 256, 4096), loop_sizes=(1, 16), repeats: int = 3,
-        budget_bytes: int | None = None, max_cells: int | None = None):
+        budget_bytes: int | None = None, max_cells: int | None = None, steps: int | None = None):
     """Rows of model-steps/s per (config, method, G); large grids are timed once (repeats
-    fall to 1 above G = 256, where one pass takes minutes on a CPU)."""
+    fall to 1 above G = 256, where one pass takes minutes on a CPU). ``steps`` replaces
+    the configurations' 100 training steps (the quick smoke test uses fewer)."""
     rows = []
     if max_cells is None and jax.default_backend() == "cpu":
         max_cells = CPU_MAX_CHUNK  # as the sweep engine does
     for name in configs:
         gmm, cfg = CONFIGS[name]["gmm"](), CONFIGS[name]["cfg"]
+        if steps is not None:
+            cfg = dataclasses.replace(cfg, steps=steps, log_every=steps)
         for g in sizes:
             t = _grid_timed(gmm, cfg, g, repeats if g <= 256 else 1, budget_bytes, max_cells)
             rows.append({"config": name, "method": "grid", "G": g, **t,
@@ -105,7 +109,7 @@ def run(configs=("pancakes", "delta"), sizes=(1, 16, 256, 4096), loop_sizes=(1, 
         from gmmssl.benchmarks import torch_loop
 
         if torch_loop.available():
-            rows.append(torch_loop.run(models=max(loop_sizes), steps=CONFIGS["pancakes"]["cfg"].steps,
+            rows.append(torch_loop.run(models=max(loop_sizes), steps=steps or CONFIGS["pancakes"]["cfg"].steps,
                                        repeats=repeats))
     return {"rows": rows}
 

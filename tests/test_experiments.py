@@ -16,8 +16,10 @@ TINY = {
     "pancakes": OVERRIDES,  # the configuration the CLI, sweep and trust tests share (one compilation)
     # the quick benchmark's time-to-answer run (same programs)
     "delta": {**QUICK_ANSWER, "loss": "infonce", "batch_size": "64"},
-    "dimension": {**COMMON, "seeds": "1", "d": "6,8", "delta": "1"},
-    "variance": {**COMMON, "seeds": "1", "condition_number": "1,100", "d": "6"},
+    # dimension's d = 6 part and variance: delta's static configuration and grid size (2 cells),
+    # so the compilation cache serves them the same programs
+    "dimension": {**COMMON, "seeds": "1", "d": "6,8", "delta": "0.5,1", "batch_size": "64"},
+    "variance": {**COMMON, "seeds": "1", "condition_number": "1,100", "d": "6", "batch_size": "64"},
     "rank": {**COMMON, "seeds": "1", "r": "1,3", "d": "6"},
     "simsiam_xi": {**COMMON, "seeds": "1", "xi": "0.1,1", "delta": "1", "predictor": "false", "batch_size": "64"},
     "clip": {"steps": "50", "log_every": "25", "num_eval": "200", "seeds": "1", "private_separation": "0,2",
