@@ -329,7 +329,8 @@ def certify(key, gmm: GMM, delta, r: int, mode: str = "prior", temperature=1.0, 
     (:func:`exact_infonce_in_span`, coordinates b (q, r)) with :func:`newton` from
     ``starts`` random points (entries N(0, init_scale²)) and, for uncentered means, from
     the best point whose columns lie in S_F (the last coordinate, along Σ⁻¹μ̄, held at 0
-    while it is found). The lowest end point is certified (:func:`certificate`, the
+    while it is found; freed with a small random push, since for r > m it has a zero
+    column, a stationary saddle of the full objective). The lowest end point is certified (:func:`certificate`, the
     curvature across the span from :func:`perp_curvature`).
 
     Returns the certificate plus "projector" A (d, r), "b", "start_losses" (starts,),
@@ -357,7 +358,13 @@ def certify(key, gmm: GMM, delta, r: int, mode: str = "prior", temperature=1.0, 
             return f(jnp.concatenate([c, jnp.zeros((1, r), c.dtype)], axis=0))
         sf = jax.lax.map(lambda b0: newton(f_sf, b0[:-1], iterations), inits)
         sf_best = sf[jnp.argmin(jax.lax.map(f_sf, sf))]
-        freed = newton(f, jnp.concatenate([sf_best, jnp.zeros((1, r), sf_best.dtype)], axis=0), iterations)
+        freed = jnp.concatenate([sf_best, jnp.zeros((1, r), sf_best.dtype)], axis=0)
+        # L is even in each column of b (flipping a column flips that coordinate of every
+        # embedding), so a zero column is stationary whatever its curvature. For r > m the
+        # S_F optimum has one, a saddle once freed, which Newton cannot leave: a push of
+        # 1e-3·init_scale lets it descend along the negative curvature.
+        push = 1e-3 * init_scale * jax.random.normal(jax.random.fold_in(key, 1), freed.shape, freed.dtype)
+        freed = newton(f, freed + push, iterations)
         ends = jnp.concatenate([ends, freed[None]], axis=0)
     losses = jax.lax.map(f, ends)
     best = ends[jnp.argmin(losses)]

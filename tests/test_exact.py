@@ -164,6 +164,20 @@ def test_certify_finds_and_certifies_the_optimum_and_the_certificate_can_fail():
     assert float(off["grad_norm"]) > exact.GRAD_TOL and not bool(off["certified"])
 
 
+def test_uncentered_extra_rank_starts_agree(seed=1, delta=0.7):
+    """Uncentered means, r = m + 1: the start freed from S_F used to stop at a saddle (a zero
+    column is stationary: L is even in each column of b) 5e-6 to 1e-5 above the minimum
+    every random start reaches; now every start ends at the certified minimum."""
+    g = random_gmm(jax.random.PRNGKey(seed), 6, 3, separation=1.5, condition_number=10.0, centered=False,
+                   dtype=jnp.float64)
+    out = jax.jit(lambda key: exact.certify(key, g, delta, 3, centered=False, starts=3, iterations=60))(
+        jax.random.PRNGKey(0))
+    assert bool(out["certified"]) and bool(out["starts_agree"]), np.asarray(out["start_losses"])
+    b = jnp.array([[0.3, 0.1, 0.0], [-0.2, 0.4, 0.0], [0.1, 0.2, 0.0]])  # a zero column: stationary in it
+    grad = jax.grad(lambda v: exact.exact_infonce_in_span(v, g, delta, basis=exact.span_basis(g, False)))(b)
+    assert float(jnp.abs(grad[:, 2]).max()) < 1e-12
+
+
 def test_exact_objective_refuses_bad_input():
     g = _gmm(k=3)
     with pytest.raises(ValueError, match="a must be"):
