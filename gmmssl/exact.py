@@ -330,8 +330,8 @@ def certify(key, gmm: GMM, delta, r: int, mode: str = "prior", temperature=1.0, 
     ``starts`` random points (entries N(0, init_scale²)) and, for uncentered means, from
     the best point whose columns lie in S_F (the last coordinate, along Σ⁻¹μ̄, held at 0
     while it is found; freed with a small random push, since for r > m it has a zero
-    column, a stationary saddle of the full objective). The lowest end point is certified (:func:`certificate`, the
-    curvature across the span from :func:`perp_curvature`).
+    column, a stationary saddle of the full objective). The lowest end point is certified
+    (:func:`certificate`, the curvature across the span from :func:`perp_curvature`).
 
     Returns the certificate plus "projector" A (d, r), "b", "start_losses" (starts,),
     "starts_agree" (every start within 1e-9·max(|L|, 1) of the best), "sv" (b's singular
