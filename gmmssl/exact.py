@@ -329,8 +329,8 @@ def certify(key, gmm: GMM, delta, r: int, mode: str = "prior", temperature=1.0, 
     (:func:`exact_infonce_in_span`, coordinates b (q, r)) with :func:`newton` from
     ``starts`` random points (entries N(0, init_scale²)) and, for uncentered means, from
     the best point whose columns lie in S_F (the last coordinate, along Σ⁻¹μ̄, held at 0
-    while it is found; freed with a small random push, since for r > m it has a zero
-    column, a stationary saddle of the full objective). The lowest end point is certified
+    while it is found; freed with a small random push, since for r > m it is rank-deficient,
+    which can be a stationary saddle of the full objective). The lowest end point is certified
     (:func:`certificate`, the curvature across the span from :func:`perp_curvature`).
 
     Returns the certificate plus "projector" A (d, r), "b", "start_losses" (starts,),
@@ -360,9 +360,10 @@ def certify(key, gmm: GMM, delta, r: int, mode: str = "prior", temperature=1.0, 
         sf_best = sf[jnp.argmin(jax.lax.map(f_sf, sf))]
         freed = jnp.concatenate([sf_best, jnp.zeros((1, r), sf_best.dtype)], axis=0)
         # L is even in each column of b (flipping a column flips that coordinate of every
-        # embedding), so a zero column is stationary whatever its curvature. For r > m the
-        # S_F optimum has one, a saddle once freed, which Newton cannot leave: a push of
-        # 1e-3·init_scale lets it descend along the negative curvature.
+        # embedding) and invariant under b -> bQ, so a rank-deficient b (a zero column after
+        # a rotation) is stationary along the missing direction whatever its curvature. For
+        # r > m the S_F optimum is rank-deficient: once freed it can be a saddle that Newton
+        # cannot leave; a push of 1e-3·init_scale lets it descend along negative curvature.
         push = 1e-3 * init_scale * jax.random.normal(jax.random.fold_in(key, 1), freed.shape, freed.dtype)
         freed = newton(f, freed + push, iterations)
         ends = jnp.concatenate([ends, freed[None]], axis=0)
