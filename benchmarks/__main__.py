@@ -1,5 +1,9 @@
-"""``python -m gmmssl.benchmarks [kernels|sweep|answer|all] [--quick] [--out DIR]``: writes bench.json
-(every figure with its configuration and the environment) and bench.md (tables)."""
+"""``python -m gmmssl.benchmarks [kernels|sweep|answer|all|device] [--quick] [--out DIR]``: writes
+bench.json (every figure with its configuration and the environment) and bench.md (tables).
+
+``device`` is the one prepared script for an accelerator (a GPU or TPU lent for a short
+check): the kernel benchmark, the sweep at G = 16 … 4096 and the pancakes experiment at
+its default size, on whatever device JAX finds, recorded with the device's kind."""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +19,25 @@ QUICK_ANSWER = {"steps": "50", "log_every": "25", "num_baseline": "200", "num_ev
                 "delta": "0.1,0.5", "d": "6"}
 
 
+# the tests' shared tiny pancakes configuration (tests/tiny.py): one compilation per session
+QUICK_PANCAKES = {"steps": "100", "d": "8", "batch_size": "128", "num_baseline": "500", "num_eval": "500",
+                  "seeds": "2", "delta": "0,0.5,1"}
+
+
+def _pancakes(out_dir, overrides) -> dict:
+    """The pancakes experiment, timed (recomputed: never reused from stored chunks)."""
+    import time
+
+    import gmmssl.experiments as experiments
+    from gmmssl.experiment import run_experiment
+
+    t0 = time.perf_counter()
+    run = run_experiment(experiments.get("pancakes"), out_dir, overrides, overwrite=True,
+                         progress=lambda line: print("  " + line, flush=True))
+    return {"wall_s": time.perf_counter() - t0, "grid_s": run.seconds, "num_cells": sum(len(next(iter(p.grid.values()))) for p in run.parts), "claims_passed": sum(c.passed for c in run.claims),
+            "num_claims": len(run.claims), "verdict": all(c.passed for c in run.claims)}
+
+
 def _table(rows, cols):
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -25,7 +48,7 @@ def _table(rows, cols):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m gmmssl.benchmarks")
-    p.add_argument("what", nargs="?", default="all", choices=["kernels", "sweep", "answer", "all"])
+    p.add_argument("what", nargs="?", default="all", choices=["kernels", "sweep", "answer", "all", "device"])
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, not a measurement)")
     p.add_argument("--out", default="results/bench", help="folder for bench.json and bench.md")
     a = p.parse_args(argv)
@@ -33,16 +56,20 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     report = {"environment": common.environment(), "quick": a.quick}
     md = [f"# gmmssl benchmarks\n\n{json.dumps(report['environment'])}\n"]
-    if a.what in ("kernels", "all"):
+    if a.what in ("kernels", "all", "device"):
         # quick: one loss of each kind (in-batch, non-contrastive, population)
         kw = dict(batches=(64,), ranks=(2,), dims=(8,), repeats=2,
                   names=("infonce", "simsiam", "infonce_population")) if a.quick else {}
+        if a.what == "device" and not a.quick:  # the paper's losses only: minutes, not an hour
+            kw = dict(names=("infonce", "simsiam", "clip", "infonce_population"))
         report["kernels"] = kernels.run(**kw)
         md += ["## Kernels", f"matmul peak: {report['kernels']['matmul_peak']['flops_per_s'] / 1e9:.1f} GFLOP/s", "",
                _table(report["kernels"]["rows"], ["loss", "mode", "B", "r", "d", "compile_s", "median_s", "iqr_s",
                                                   "flops_per_s", "fraction_of_peak"])]
-    if a.what in ("sweep", "all"):
+    if a.what in ("sweep", "all", "device"):
         kw = dict(configs=("pancakes",), sizes=(1, 4), loop_sizes=(1,), repeats=1, steps=10) if a.quick else {}
+        if a.what == "device" and not a.quick:
+            kw = dict(configs=("pancakes",), sizes=(16, 64, 256, 1024, 4096), loop_sizes=(1,))
         report["sweep"] = sweeps.run(**kw)
         md += ["## Sweeps", _table(report["sweep"]["rows"], ["config", "method", "G", "compile_s", "median_s",
                                                              "model_steps_per_s", "peak_rss_mb"])]
@@ -56,6 +83,13 @@ def main(argv=None) -> int:
                _table(tta["rows"], ["loss", "batch_size", "num_cells", "wall_s", "grid_s", "claims_passed",
                                     "num_claims", "final_capture", "target_capture", "steps_to_target",
                                     "time_to_target_s"])]
+    if a.what == "device":
+        # quick: the tests' tiny pancakes run (tests/tiny.py); else the experiment's default size
+        report["pancakes"] = pancakes = _pancakes(out / "pancakes", QUICK_PANCAKES if a.quick else {})
+        md += ["## Pancakes experiment (default size)" if not a.quick else "## Pancakes experiment (tiny)",
+               f"{pancakes['num_cells']} cells, {pancakes['wall_s']:.1f} s wall ({pancakes['grid_s']:.1f} s in the "
+               f"grid, compilation included), verdict {pancakes['claims_passed']}/{pancakes['num_claims']} claims "
+               f"passed"]
     (out / "bench.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     (out / "bench.md").write_text("\n\n".join(md) + "\n")
     print("\n\n".join(md))

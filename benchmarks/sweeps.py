@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gmmssl.backend import cpu_measures
 from gmmssl.benchmarks.common import peak_rss_mb, time_stats
 from gmmssl import losses
 from gmmssl.augment import sample_pairs
@@ -68,7 +69,7 @@ def run(configs=("pancakes", "delta"), sizes=(1, 16, 256, 4096), loop_sizes=(1, 
     fall to 1 above G = 256, where one pass takes minutes on a CPU). ``steps`` replaces
     the configurations' 100 training steps (the quick smoke test uses fewer)."""
     rows = []
-    if max_cells is None and jax.default_backend() == "cpu":
+    if max_cells is None and cpu_measures():
         max_cells = CPU_MAX_CHUNK  # as the sweep engine does
     for name in configs:
         gmm, cfg = CONFIGS[name]["gmm"](), CONFIGS[name]["cfg"]

@@ -7,7 +7,8 @@ Modules, in the order data flows: :mod:`gmmssl.gmm` (mixtures) and :mod:`gmmssl.
 and baselines), :mod:`gmmssl.metrics`, :mod:`gmmssl.exact` (the exact population InfoNCE
 objective and certified optima), :mod:`gmmssl.evaluate` (one grid cell of a
 comparison), :mod:`gmmssl.sweep` (grids: :func:`gmmssl.sweep.map_grid` for a sweep from
-a script), :mod:`gmmssl.results` (tidy tables, verdicts), :mod:`gmmssl.plots`,
+a script; :mod:`gmmssl.distributed` across processes, :mod:`gmmssl.backend` for what
+differs between the CPU and accelerators), :mod:`gmmssl.results` (tidy tables, verdicts), :mod:`gmmssl.plots`,
 :mod:`gmmssl.experiment` (the runner), :mod:`gmmssl.report`, :mod:`gmmssl.cli`; the
 paper's experiments in :mod:`gmmssl.experiments`, the benchmarks in
 :mod:`gmmssl.benchmarks`.
@@ -17,13 +18,14 @@ the others (plots, the runner, the CLI, experiments, benchmarks) on first use.
 """
 import importlib
 
-from gmmssl import augment, data, evaluate, exact, fisher, gmm, losses, metrics, projectors, results, sweep, train
+from gmmssl import (augment, backend, data, distributed, evaluate, exact, fisher, gmm, losses, metrics, projectors,
+                    results, sweep, train)
 
 __version__ = "0.1.0"
 
 _LAZY = ("benchmarks", "cli", "experiment", "experiments", "plots", "report")
-__all__ = ["__version__", "augment", "data", "evaluate", "exact", "fisher", "gmm", "losses", "metrics", "projectors",
-           "results", "sweep", "train", *_LAZY]
+__all__ = ["__version__", "augment", "backend", "data", "distributed", "evaluate", "exact", "fisher", "gmm", "losses",
+           "metrics", "projectors", "results", "sweep", "train", *_LAZY]
 
 
 def __getattr__(name):

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 MODULES = ("gmm", "data", "augment", "losses", "train", "projectors", "fisher", "metrics", "exact", "evaluate", "sweep",
-           "results", "experiment")
+           "distributed", "backend", "results", "experiment")
 
 
 def _signature(obj) -> str:

@@ -1,9 +1,17 @@
-"""The command line: ``gmmssl list`` and ``gmmssl run NAME [--out DIR] [--set KEY=VALUE ...]``."""
+"""The command line: ``gmmssl list`` and ``gmmssl run NAME [--out DIR] [--set KEY=VALUE ...]``.
+
+Exit statuses of ``run``: 0 done; 1 invalid (diverged) cells, or a failed claim with
+``--strict``; 2 refused (bad input, another config in ``--out``, a full disk); 3 another
+process of a distributed run died (``--coordinator``; see :mod:`gmmssl.distributed`).
+Every process of a distributed run exits with the same status."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -29,7 +37,8 @@ def _parser():
     rep.add_argument("--docs", default="docs", help="where RESULTS.md and figures/ go")
     rep.add_argument("--partial", action="store_true",
                      help="write the report even when some experiments have no finished results")
-    run = sub.add_parser("run", help="run an experiment")
+    run = sub.add_parser("run", help="run an experiment", epilog="exit status: 0 done; 1 invalid cells (or a failed "
+                         "claim with --strict); 2 refused; 3 another process of a distributed run died")
     run.add_argument("name", help="experiment name (see 'gmmssl list'), or 'all'")
     run.add_argument("--out", default=None, help="output folder (default results/NAME; for 'all', the parent)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -50,6 +59,15 @@ def _parser():
                           "--max-hours")
     run.add_argument("--max-hours", type=float, default=8.0, metavar="H",
                      help="stop (keeping finished chunks) a grid estimated to take longer, unless --yes (default 8)")
+    dist = run.add_argument_group("distributed (several processes: hosts, GPUs, a TPU slice; see gmmssl.distributed)")
+    dist.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                      help="process 0's address and a free port (with --num-processes, --process-id); 'auto': "
+                           "read them from the cluster (SLURM, Open MPI, TPU). Default: start only under srun or "
+                           "mpirun with several tasks, else one process")
+    dist.add_argument("--num-processes", type=int, default=None, metavar="N", help="how many processes run")
+    dist.add_argument("--process-id", type=int, default=None, metavar="I", help="this process, 0 … N-1")
+    dist.add_argument("--heartbeat-timeout", type=int, default=100, metavar="S",
+                      help="seconds before a silent process fails the run (default 100)")
     return p
 
 
@@ -88,6 +106,35 @@ def main(argv=None) -> int:
             return _error(err)
         return 0
 
+    from gmmssl import distributed
+
+    try:
+        many = distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                                      heartbeat_timeout_s=args.heartbeat_timeout)
+    except ValueError as err:
+        return _error(err)
+    if not many:
+        return _run(args)
+    # every process runs the grid; process 0 alone prints, reads and writes (gmmssl.distributed)
+    import jax
+
+    quiet = contextlib.nullcontext() if distributed.is_leader() else contextlib.redirect_stdout(io.StringIO())
+    try:
+        with quiet:
+            status = _run(args)
+    except jax.errors.JaxRuntimeError as err:  # a collective failed: another process died or stalled
+        _error(f"process {distributed.process_index()} of {distributed.process_count()}: a collective failed "
+               f"({str(err).splitlines()[0][:200]}); another process probably died. Finished chunks are kept: "
+               f"rerun the same command with --resume")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(3)  # not sys.exit: JAX's shutdown barrier would wait for the dead process
+    return distributed.agree_status(status)
+
+
+def _run(args) -> int:
+    import gmmssl.experiments as experiments
+    from gmmssl import distributed
     from gmmssl.experiment import parse_overrides, resolve_config, run_experiment
 
     if args.name == "all":
@@ -113,7 +160,7 @@ def main(argv=None) -> int:
     from gmmssl import results
 
     cells = sum(len(next(iter(p.grid.values()))) for p in run.parts)
-    reused = json.loads((out / "config.json").read_text()).get("cells_reused", 0)
+    reused = json.loads((out / "config.json").read_text()).get("cells_reused", 0) if distributed.is_leader() else 0
     print(f"{cells} cells in {len(run.parts)} static configuration(s), {run.seconds:.1f}s "
           f"(compilation included{f'; {reused} cells reused from stored chunks' if reused else ''})\n")
     print(exp.report(run))
@@ -171,7 +218,7 @@ def _run_all(args) -> int:
         flags += ["--max-hours", str(args.max_hours)]
         flags += [] if args.budget_mb is None else ["--budget-mb", str(args.budget_mb)]
         flags += [] if args.chunk_size is None else ["--chunk-size", str(args.chunk_size)]
-        status = max(status, main(sub + flags))
+        status = max(status, _run(_parser().parse_args(sub + flags)))
     print(f"\nall experiments: {time.perf_counter() - start:.0f}s")
     return status
 

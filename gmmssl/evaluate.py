@@ -3,13 +3,14 @@
 A cell is split in three pure, traceable phases that the sweep engine runs differently:
 
 * ``prepare`` (the cell's mixture and its Fisher basis) and ``evaluate`` (baselines and
-  metrics: eigendecompositions, SVDs, k-means) are mapped cell by cell with ``lax.map``;
+  metrics: eigendecompositions, SVDs, k-means) are mapped cell by cell with ``lax.map``
+  on the CPU, vmapped on accelerators;
 * ``train`` (the hot path) is vmapped over the whole chunk of cells.
 
 Why: batched LAPACK calls on the CPU in jaxlib 0.10 can deadlock XLA's intra-op thread
 pool when several run concurrently (each blocks a pool thread waiting for batch
 sub-tasks); unbatched calls cannot. Preparation and evaluation are cheap, so nothing is
-lost.
+lost. GPUs and TPUs batch them natively (:mod:`gmmssl.backend`).
 
 The phases split the cell key the same way, (train, baseline sample, evaluation
 sample, k-means), none depending on the hyper-parameters: cells sharing a seed share
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 
 from gmmssl import fisher, metrics
 from gmmssl.augment import sample_pairs
+from gmmssl.backend import map_linalg
 from gmmssl.gmm import GMM, HeteroGMM, sample
 from gmmssl.train import HPARAM_RANGES, TrainConfig, diverged, hparam_ranges, init_params, make_hparams, train
 
@@ -96,9 +98,10 @@ def evaluate_methods(key, gmm: GMM, hparams: dict, config: TrainConfig, fisher_b
             out["oracle_capture"] = metrics.fisher_capture(a, oracle.basis)
         return out
 
-    # projectors of one shape are scored by one lax.map over their stack: the scoring
-    # program (SVDs, k-means, Bayes rule) is compiled once per shape, not once per method
-    # (a 4× smaller program for the usual five methods; lax.map, not vmap: no batched LAPACK)
+    # projectors of one shape are scored by one map over their stack: the scoring program
+    # (SVDs, k-means, Bayes rule) is compiled once per shape, not once per method (a 4×
+    # smaller program for the usual five methods; lax.map on the CPU, vmap elsewhere:
+    # gmmssl.backend)
     shapes: dict = {}
     for name, a in projectors.items():
         shapes.setdefault(a.shape, []).append(name)
@@ -107,7 +110,7 @@ def evaluate_methods(key, gmm: GMM, hparams: dict, config: TrainConfig, fisher_b
         if len(names) == 1:
             scores[names[0]] = score(projectors[names[0]])
             continue
-        stacked = jax.lax.map(score, jnp.stack([projectors[n] for n in names]))
+        stacked = map_linalg(score, jnp.stack([projectors[n] for n in names]))
         scores.update({n: {k: v[i] for k, v in stacked.items()} for i, n in enumerate(names)})
     return {"metrics": scores, "projectors": projectors}
 

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 import jax
 import numpy as np
 
-from gmmssl import results, sweep
+from gmmssl import distributed, results, sweep
 from gmmssl.sweep import Sweep
 
 __all__ = ["Experiment", "Part", "Run", "Sweep", "parse_overrides", "part_rows", "resolve_config",
@@ -330,12 +330,20 @@ def run_experiment(experiment: Experiment, out_dir, overrides: Mapping[str, Any]
 
 def _run(experiment, config, out_dir, progress, resume, overwrite, chunk_size, budget_bytes, limits) -> Run:
     plans = [(static, cfg, experiment.build(cfg)) for static, cfg in static_configs(experiment, config)]
-    _check_out_dir(out_dir)
     say = progress or (lambda line: None)
-    with results.folder_lock(out_dir):
-        env = environment()
-        identity = {"experiment": experiment.name, "config": _jsonable_config(config), "numerics": sweep.numerics()}
-        digest = run_digest(experiment.name, identity["config"], identity["numerics"])
+    env = environment()
+    identity = {"experiment": experiment.name, "config": _jsonable_config(config), "numerics": sweep.numerics()}
+    digest = run_digest(experiment.name, identity["config"], identity["numerics"])
+    meta = {"experiment": experiment.name, "config": config, "run": digest, "numerics": identity["numerics"],
+            "static": [static for static, _, _ in plans],
+            "axes": {_tag(static): {k: list(v) for k, v in spec.axes.items()} for static, _, spec in plans},
+            "num_cells": sum(_size(spec) for _, _, spec in plans),
+            "environment": env}
+
+    def open_folder(stack):
+        """Checks, locks and claims the folder; process 0 only (see gmmssl.distributed)."""
+        _check_out_dir(out_dir)
+        stack.enter_context(results.folder_lock(out_dir))
         old = _stored_identity(out_dir)
         if old is not None and not overwrite:
             diffs = _differences(old, identity)
@@ -347,12 +355,10 @@ def _run(experiment, config, out_dir, progress, resume, overwrite, chunk_size, b
                     f"(--overwrite recomputes everything)")
         if overwrite:
             _clear(out_dir)
-        meta = {"experiment": experiment.name, "config": config, "run": digest, "numerics": identity["numerics"],
-                "static": [static for static, _, _ in plans],
-                "axes": {_tag(static): {k: list(v) for k, v in spec.axes.items()} for static, _, spec in plans},
-                "num_cells": sum(_size(spec) for _, _, spec in plans),
-                "environment": env}
         results.write_json(meta, out_dir / PENDING)
+
+    with contextlib.ExitStack() as stack:
+        distributed.on_leader(lambda: open_folder(stack))
         return _execute(experiment, config, out_dir, progress, chunk_size, budget_bytes, limits, plans, meta)
 
 
@@ -388,33 +394,37 @@ def _execute(experiment, config, out_dir, progress, chunk_size, budget_bytes, li
     run.seconds = seconds = time.perf_counter() - start
     run.claims = results.guard_claims(experiment.claims(run), run.rows)
 
-    staging = out_dir / ".staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    results.write_csv(run.rows, staging / "results.csv")
-    arrays = {}
-    for part in parts:
-        prefix = f"{_tag(part.static)}/" if len(parts) > 1 else ""
-        arrays.update(sweep.flatten_tree(part.outputs["projectors"], prefix))
-        arrays.update({f"{prefix}grid_{k}": v for k, v in part.grid.items()})
-    np.savez_compressed(staging / "projectors.npz", **arrays)
-    figures = [Path(f).name for f in experiment.figures(run, staging)]
-    results.write_json({**meta, "seconds": round(seconds, 3), "figures": figures}, staging / "config.json")
-    invalid = len(results.invalid_rows(run.rows))
-    results.write_json({"experiment": experiment.name, "run": meta["run"],
-                        "passed": all(c.passed for c in run.claims) and invalid == 0,
-                        "diverged_rows": results.count_diverged(run.rows), "invalid_rows": invalid,
-                        "num_rows": len(run.rows), "num_cells": meta["num_cells"],
-                        "claims": [dataclasses.asdict(c) for c in run.claims]},
-                       staging / "verdict.json")
-    # swap the finished outputs in: the old verdict goes first and the new one comes last,
-    # so at no moment does the folder look finished with parts of two runs
-    old_figures = _old_figures(out_dir)
-    (out_dir / "verdict.json").unlink(missing_ok=True)
-    for fig in old_figures:
-        fig.unlink(missing_ok=True)
-    for path in sorted(staging.iterdir(), key=lambda p: p.name == "verdict.json"):
-        os.replace(path, out_dir / path.name)
-    staging.rmdir()
-    (out_dir / PENDING).unlink(missing_ok=True)
+    def write_outputs():
+        """Stages the outputs and swaps them in; process 0 only."""
+        staging = out_dir / ".staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        results.write_csv(run.rows, staging / "results.csv")
+        arrays = {}
+        for part in parts:
+            prefix = f"{_tag(part.static)}/" if len(parts) > 1 else ""
+            arrays.update(sweep.flatten_tree(part.outputs["projectors"], prefix))
+            arrays.update({f"{prefix}grid_{k}": v for k, v in part.grid.items()})
+        np.savez_compressed(staging / "projectors.npz", **arrays)
+        figures = [Path(f).name for f in experiment.figures(run, staging)]
+        results.write_json({**meta, "seconds": round(seconds, 3), "figures": figures}, staging / "config.json")
+        invalid = len(results.invalid_rows(run.rows))
+        results.write_json({"experiment": experiment.name, "run": meta["run"],
+                            "passed": all(c.passed for c in run.claims) and invalid == 0,
+                            "diverged_rows": results.count_diverged(run.rows), "invalid_rows": invalid,
+                            "num_rows": len(run.rows), "num_cells": meta["num_cells"],
+                            "claims": [dataclasses.asdict(c) for c in run.claims]},
+                           staging / "verdict.json")
+        # swap the finished outputs in: the old verdict goes first and the new one comes last,
+        # so at no moment does the folder look finished with parts of two runs
+        old_figures = _old_figures(out_dir)
+        (out_dir / "verdict.json").unlink(missing_ok=True)
+        for fig in old_figures:
+            fig.unlink(missing_ok=True)
+        for path in sorted(staging.iterdir(), key=lambda p: p.name == "verdict.json"):
+            os.replace(path, out_dir / path.name)
+        staging.rmdir()
+        (out_dir / PENDING).unlink(missing_ok=True)
+
+    distributed.on_leader(write_outputs)
     return run

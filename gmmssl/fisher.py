@@ -24,6 +24,7 @@ import jax.scipy.linalg as jsl
 import numpy as np
 
 from gmmssl._validate import check_int, check_range, is_concrete
+from gmmssl.backend import map_linalg
 from gmmssl.gmm import GMM
 
 __all__ = [
@@ -196,13 +197,15 @@ def sufficient_subspace(gmm: GMM, r: int) -> jax.Array:
     chol = gmm.chol
     nu = jsl.solve_triangular(chol, (gmm.means - gmm.mean).T, lower=True)  # (d, K)
     covs = gmm.component_covs
-    m = (nu * gmm.weights[None, :]) @ nu.T
     eye = jnp.eye(gmm.dim, dtype=chol.dtype)
-    for k in range(gmm.num_components):  # a loop, not vmap: no batched LAPACK (see README)
-        half = jsl.solve_triangular(chol, covs[k], lower=True)
-        psi = jsl.solve_triangular(chol, half.T, lower=True)
+
+    def spread(cov):
+        psi = jsl.solve_triangular(chol, jsl.solve_triangular(chol, cov, lower=True).T, lower=True)
         dev = 0.5 * (psi + psi.T) - eye
-        m = m + gmm.weights[k] * dev @ dev
+        return dev @ dev
+
+    # per component: a loop on the CPU, vmapped elsewhere (gmmssl.backend)
+    m = (nu * gmm.weights[None, :]) @ nu.T + jnp.einsum("k,kij->ij", gmm.weights, map_linalg(spread, covs, unroll=True))
     _, v = jnp.linalg.eigh(0.5 * (m + m.T))
     return _orthonormal(jsl.solve_triangular(chol.T, v[:, ::-1][:, :r], lower=False))
 

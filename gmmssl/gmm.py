@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmmssl._validate import check_int, check_range, is_concrete
+from gmmssl.backend import map_linalg
 
 __all__ = [
     "GMM",
@@ -212,8 +213,8 @@ class HeteroGMM(GMM):
         pooled_w = jnp.full((covs.shape[0],), 1.0 / covs.shape[0]) if w is None else w
         super().__init__(means, jnp.einsum("k,kij->ij", pooled_w.astype(covs.dtype), covs), weights)
         covs = covs.astype(self.means.dtype)
-        # one Cholesky per component, not a batched one (batched LAPACK can hang; see README)
-        self.chols = jnp.stack([jnp.linalg.cholesky(0.5 * (c + c.T)) for c in covs])
+        # one Cholesky per component: a loop on the CPU, vmapped elsewhere (gmmssl.backend)
+        self.chols = map_linalg(lambda c: jnp.linalg.cholesky(0.5 * (c + c.T)), covs, unroll=True)
 
     @classmethod
     def from_cholesky(cls, means, chol, weights, chols=None):
@@ -272,7 +273,7 @@ def hetero_gmm(key, d: int, num_components: int, *, heterogeneity=0.5, separatio
         spec = spec * jnp.trace(shared) / spec.sum()
         return (q * spec[None, :]) @ q.T
 
-    comps = jnp.stack([one(kk) for kk in keys])  # a loop, not vmap: no batched LAPACK (see README)
+    comps = map_linalg(one, keys, unroll=True)  # a loop on the CPU, vmapped elsewhere (gmmssl.backend)
     h = jnp.asarray(heterogeneity, dtype)
     return HeteroGMM(base.means, (1.0 - h) * shared[None] + h * comps, base.weights)
 

@@ -28,6 +28,7 @@ from jax import lax
 import numpy as np
 
 from gmmssl._validate import check_int, is_concrete
+from gmmssl.backend import map_linalg
 from gmmssl.gmm import GMM
 
 __all__ = [
@@ -106,7 +107,11 @@ def column_space(a, rtol: float = RTOL):
 def principal_angles(a, b) -> jax.Array:
     """Principal angles (radians, ascending) between col(a) and col(b), (min(r_a, r_b),).
 
-    cos θ_i are the singular values of Q_aᵀQ_b (orthonormal bases from the SVD).
+    With orthonormal bases Q_a, Q_b (from the SVD; Q_b the smaller space), cos θ_i are
+    the singular values of Q_aᵀQ_b and sin θ_i those of (I − Q_aQ_aᵀ)Q_b. Angles below
+    45° come from their sines, the others from their cosines (Knyazev and Argentati,
+    as ``scipy.linalg.subspace_angles``): arccos alone loses small angles to rounding
+    (in float32, cos θ = 1 for every θ below about 3e-4 rad).
     """
     _check_matrix("A", a)
     _check_matrix("B", b)
@@ -114,8 +119,13 @@ def principal_angles(a, b) -> jax.Array:
         raise ValueError(f"A and B must have the same number of rows, got {a.shape} and {b.shape}")
     qa = jnp.linalg.svd(a, full_matrices=False)[0]
     qb = jnp.linalg.svd(b, full_matrices=False)[0]
-    cos = jnp.linalg.svd(qa.T @ qb, compute_uv=False)
-    return _nan_unless(_finite(a, b), jnp.arccos(jnp.clip(cos, -1.0, 1.0)))  # cos descending -> angles ascending
+    if qa.shape[1] < qb.shape[1]:
+        qa, qb = qb, qa
+    overlap = qa.T @ qb
+    cos = jnp.linalg.svd(overlap, compute_uv=False)  # descending: angles ascending
+    sin = jnp.linalg.svd(qb - qa @ overlap, compute_uv=False)[::-1]  # ascending: the same order
+    angles = jnp.where(cos**2 > 0.5, jnp.arcsin(jnp.clip(sin, 0.0, 1.0)), jnp.arccos(jnp.clip(cos, 0.0, 1.0)))
+    return _nan_unless(_finite(a, b), angles)
 
 
 def fisher_capture(a, fisher_basis, rtol: float = RTOL) -> jax.Array:
@@ -287,14 +297,15 @@ def bayes_log_posterior(z, gmm: GMM, a=None, *, jitter: float = 1e-6) -> jax.Arr
         covs = jnp.einsum("di,kde,ej->kij", a, covs, a)
         means = means @ a
     r = means.shape[1]
-    out = []
-    for k in range(gmm.num_components):  # a loop, not vmap: no batched LAPACK (see README)
-        s = covs[k] + jitter * jnp.trace(covs[k]) / r * jnp.eye(r, dtype=covs.dtype)
-        chol = jnp.linalg.cholesky(s)
-        white = jsl.solve_triangular(chol, (z - means[k]).T, lower=True)
+
+    def one(cov, mean, weight):
+        chol = jnp.linalg.cholesky(cov + jitter * jnp.trace(cov) / r * jnp.eye(r, dtype=cov.dtype))
+        white = jsl.solve_triangular(chol, (z - mean).T, lower=True)
         logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol)))
-        out.append(jnp.log(gmm.weights[k]) - 0.5 * jnp.sum(white * white, axis=0) - 0.5 * logdet)
-    return jnp.stack(out, axis=1)
+        return jnp.log(weight) - 0.5 * jnp.sum(white * white, axis=0) - 0.5 * logdet
+
+    # per component: a loop on the CPU, vmapped elsewhere (gmmssl.backend)
+    return map_linalg(one, covs, means, gmm.weights, unroll=True).T
 
 
 def bayes_accuracy(x, labels, gmm: GMM, a=None) -> jax.Array:

@@ -26,9 +26,11 @@ so every chunk reuses the one compilation.
 
 Devices: each chunk's grid axis is sharded over all devices with a 1-D
 ``jax.sharding.Mesh`` (axis name "grid"); chunk sizes are multiples of the device count.
-Across hosts the same code runs after ``jax.distributed.initialize()``: the mesh then
-spans every host's devices, outputs are gathered with ``process_allgather`` and only
-process 0 writes files.
+Across processes (hosts, or several processes of one machine) the same code runs after
+:func:`gmmssl.distributed.initialize`: the mesh then spans every process's devices,
+outputs are gathered to every process with ``process_allgather``, and only process 0
+reads and writes the output folder, every other process receiving the outcome of each
+step (:func:`gmmssl.distributed.on_leader`).
 
 Storage and resumability: each finished chunk is written atomically (temporary file,
 then rename) to ``chunk_<first>-<end>.npz`` in the output folder. Beside its outputs it
@@ -61,11 +63,12 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from gmmssl import distributed
 from gmmssl._validate import check_range
+from gmmssl.backend import cpu_measures, map_linalg
 from gmmssl.results import atomic_write
 
 __all__ = ["GridTooLarge", "Sweep", "choose_chunk_size", "default_budget_bytes", "diff_keys", "estimate_cell_bytes",
@@ -155,10 +158,9 @@ def flatten_grid(axes: dict) -> dict[str, np.ndarray]:
     return {n: np.asarray([p[i] for p in product]) for i, n in enumerate(names)}
 
 
-def _as_device_array(values: np.ndarray):
-    if np.issubdtype(values.dtype, np.integer):
-        return jnp.asarray(values, jnp.int32)
-    return jnp.asarray(values, jnp.float32)
+def _host_array(values: np.ndarray) -> np.ndarray:
+    """A grid axis as the cells see it: int32 or float32 (whatever the float width)."""
+    return np.asarray(values, np.int32 if np.issubdtype(values.dtype, np.integer) else np.float32)
 
 
 def flatten_tree(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
@@ -448,8 +450,9 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
     manifest = store_fingerprint(spec.axes, fingerprint)
     key = _digest(manifest)
     out = Path(out_dir) if out_dir is not None else None
-    have: dict = {}
-    if out is not None:
+
+    def open_folder():
+        """(finished cells, the stored chunk size) of the output folder; process 0 only."""
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob(".*.tmp"):
             stale.unlink()
@@ -459,6 +462,7 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
             for old_chunk in stored:
                 old_chunk.unlink()
         elif resume:
+            stored_chunk = None
             if path.exists():
                 old = json.loads(path.read_text())
                 if _digest({k: old.get(k) for k in ("axes", "fingerprint", "numerics")}) != key:
@@ -467,19 +471,24 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
                     diffs += [] if old.get("axes") == manifest["axes"] else ["the grid axes"]
                     raise ValueError(f"--resume: {out} was written by a different config; differing: "
                                      + ("; ".join(diffs) or "the stored fingerprint"))
-                if chunk_size is None and old.get("chunk_size", 0) % num_devices == 0:
-                    chunk_size = old["chunk_size"]
-            have = _load_finished(out, key, size, say)
+                stored_chunk = old.get("chunk_size")
+            return _load_finished(out, key, size, say), stored_chunk
         elif stored:
             raise ValueError(f"{out} holds {len(stored)} finished chunk(s); resume them (--resume) or "
                              f"replace them (--overwrite)")
+        return {}, None
+
+    # the folder is process 0's (see gmmssl.distributed): it reads it, every process gets the finished cells
+    have, stored_chunk = distributed.on_leader(open_folder) if out is not None else ({}, None)
+    if chunk_size is None and stored_chunk and stored_chunk % num_devices == 0:
+        chunk_size = stored_chunk
     if chunk_size is None:
         chunk_size = choose_chunk_size(spec.cell_bytes, size, num_devices, budget,
-                                       max_cells=CPU_MAX_CHUNK if jax.default_backend() == "cpu" else None)
+                                       max_cells=CPU_MAX_CHUNK if cpu_measures() else None)
     chunk = max(num_devices, (int(chunk_size) // num_devices) * num_devices)
     if out is not None:
         manifest["chunk_size"] = chunk
-        atomic_write(out / "sweep.json", json.dumps(manifest, indent=2) + "\n")
+        distributed.on_leader(lambda: atomic_write(out / "sweep.json", json.dumps(manifest, indent=2) + "\n"))
 
     mesh = Mesh(np.array(devices), ("grid",))
     grid_sharding = NamedSharding(mesh, PartitionSpec("grid"))
@@ -488,14 +497,15 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
     train = jax.jit(jax.vmap(spec.train_fn))
 
     def per_cell(fn):
-        """fn mapped cell by cell (lax.map) on each device's share of the chunk."""
+        """fn over each device's share of the chunk: cell by cell (lax.map) on the CPU, vmapped
+        elsewhere (gmmssl.backend.map_linalg)."""
 
         def split(x):
             x = x.reshape((num_devices, -1) + x.shape[1:])
             return jax.lax.with_sharding_constraint(x, split_sharding if x.ndim > 1 else grid_sharding)
 
         def mapped(*args):
-            outs = jax.vmap(lambda *a: jax.lax.map(lambda b: fn(*b), a))(*jax.tree_util.tree_map(split, args))
+            outs = jax.vmap(lambda *a: map_linalg(fn, *a))(*jax.tree_util.tree_map(split, args))
             return jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), outs)
 
         return jax.jit(mapped)
@@ -514,20 +524,20 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
         if all(c in have for c in range(lo, hi)):
             first = have[lo][0]
             flat = {k: np.stack([have[c][0][k][have[c][1]] for c in range(lo, hi)]) for k in first}
-            if not (out / _chunk_name(lo, hi)).exists() and jax.process_index() == 0:
-                _write_chunk(out, lo, hi, flat, key)  # stored under another layout: keep it under this one
+            if out is not None:  # stored under another layout: keep it under this one too
+                distributed.on_leader(lambda: (out / _chunk_name(lo, hi)).exists() or _write_chunk(out, lo, hi, flat, key))
         else:
             chunk_start = time.perf_counter()
             idx = np.arange(lo, lo + chunk) % size  # pad the last chunk by wrapping around
-            cells = {n: jax.device_put(_as_device_array(v[idx]), grid_sharding) for n, v in grid.items()}
+            cells = {n: jax.device_put(_host_array(v[idx]), grid_sharding) for n, v in grid.items()}
             data = prepare(cells)
             result = evaluate(cells, data, train(cells, data))
             if jax.process_count() > 1:
                 from jax.experimental import multihost_utils
                 result = multihost_utils.process_allgather(result, tiled=True)
             flat = {k: v[: hi - lo] for k, v in flatten_tree(result).items()}
-            if out is not None and jax.process_index() == 0:
-                _write_chunk(out, lo, hi, flat, key)
+            if out is not None:
+                distributed.on_leader(lambda: _write_chunk(out, lo, hi, flat, key))
             computed += hi - lo
             computed_chunks += 1
             if max_output_bytes is not None and computed_chunks == 1:
@@ -540,7 +550,7 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
             if max_seconds is not None and computed_chunks == 2 and hi < size:
                 # the second chunk's time alone (the first includes compilation)
                 left = sum(1 for c in range(hi, size) if c not in have)
-                eta = left * (time.perf_counter() - chunk_start) / (hi - lo)
+                eta = distributed.broadcast(left * (time.perf_counter() - chunk_start) / (hi - lo))  # process 0's
                 if eta > max_seconds:
                     raise GridTooLarge(
                         f"the grid's {left} remaining cells would take about {eta / 3600:.1f} h, above the limit "
@@ -553,10 +563,13 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
         eta = f"{left / rate:.0f}s" if rate > 0 else "?"
         say(f"{label}[{_bar(i + 1, num_chunks)}] chunk {i + 1}/{num_chunks}, {hi}/{size} cells, "
             f"{rate:.1f} cells/s, {elapsed:.1f}s elapsed, ETA {eta}")
-    if out is not None and jax.process_index() == 0:
+    def drop_superseded():
         for extra in out.glob("chunk_*.npz"):  # superseded by this layout's chunks (all written above)
             if extra.name not in names:
                 extra.unlink()
+
+    if out is not None:
+        distributed.on_leader(drop_superseded)
     if stats is not None:
         stats.update(computed=computed, reused=size - computed)
     outputs = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=0), *pieces)

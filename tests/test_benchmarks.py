@@ -27,6 +27,21 @@ def test_bench_quick_writes_json_and_markdown(tmp_path):
     assert (tmp_path / "time_to_answer" / "infonce_population" / "verdict.json").exists()
 
 
+def test_bench_device_quick_records_the_device_and_the_pancakes_run(tmp_path):
+    """The accelerator script, at the quick sizes (same programs as the test above and the
+    shared tiny pancakes run)."""
+    assert main(["bench", "device", "--quick", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    env = report["environment"]
+    assert env["backend"] == "cpu" and env["device_kind"] and env["device_count"] >= 1
+    assert report["kernels"]["rows"] and {r["method"] for r in report["sweep"]["rows"]} >= {"grid"}
+    pancakes = report["pancakes"]
+    assert pancakes["num_cells"] == 6 and pancakes["wall_s"] > 0 and pancakes["num_claims"] > 0
+    assert pancakes["claims_passed"] == pancakes["num_claims"] and pancakes["verdict"] is True
+    assert (tmp_path / "pancakes" / "verdict.json").exists()
+    assert "## Pancakes experiment" in (tmp_path / "bench.md").read_text()
+
+
 def test_grid_benchmark_chunks_within_a_memory_budget():
     from gmmssl.benchmarks import sweeps
 

@@ -16,8 +16,25 @@ def test_principal_angles_known_case():
     t = 0.3
     b = jnp.array([[1.0], [0.0], [0.0]]) * 2.0
     c = jnp.array([[0.0], [np.cos(t)], [np.sin(t)]])
-    np.testing.assert_allclose(metrics.principal_angles(a, b), [0.0], atol=1e-3)
+    np.testing.assert_allclose(metrics.principal_angles(a, b), [0.0], atol=1e-6)
     np.testing.assert_allclose(metrics.principal_angles(a, c), [t], atol=1e-5)
+
+
+@pytest.mark.parametrize("angle", [1e-5, 1e-3, 0.3, 1.2])
+def test_principal_angles_are_accurate_small_and_large(angle):
+    """Small angles from their sines: in float32 arccos alone gives 0 below about 3e-4 rad;
+    the same angles as scipy's subspace_angles (float64), in either argument order."""
+    from scipy.linalg import subspace_angles
+
+    rng = np.random.default_rng(0)
+    q = np.linalg.qr(rng.normal(size=(6, 6)))[0]
+    a = q[:, :3] * np.array([1.0, 2.0, 0.5])  # any basis of the space: the angles are the same
+    b = np.stack([np.cos(angle) * q[:, 0] + np.sin(angle) * q[:, 4], q[:, 1]], axis=1)
+    want = np.sort(subspace_angles(a, b))
+    assert np.isclose(want[-1], angle, rtol=1e-6)
+    for x, y in ((a, b), (b, a)):
+        got = metrics.principal_angles(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32))
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=2e-7)
 
 
 def test_fisher_capture_values():

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from jax.nn import logsumexp
 
 from gmmssl._validate import check_choice, check_range
+from gmmssl.backend import fused_low_rank
 from gmmssl.losses._common import REDUCTIONS, check_mask, check_pair, reduce, similarity_inputs, similarity_logits
 
 
@@ -113,10 +114,11 @@ def infonce(z, z_pos, *, temperature=1.0, similarity: str = "dot", symmetric: bo
     symmetric=True`` this loss is NT-Xent without same-view negatives, and is never
     larger than it (tested).
 
-    Two code paths, the same value and gradient (tested): for r ≤ :data:`SMALL_RANK`
-    a fused kernel (:func:`low_rank_logsumexp`: the logits as r outer products inside
-    the reductions, no B×B matmul, faster on the CPU at the theory's small r); above it,
-    the (B, B) logits matrix and :func:`row_logsumexp`. Both have custom JVPs, so
+    Two code paths, the same value and gradient (tested): on the CPU for r ≤
+    :data:`SMALL_RANK` a fused kernel (:func:`low_rank_logsumexp`: the logits as r outer
+    products inside the reductions, no B×B matmul, faster on the CPU at the theory's
+    small r); above it, and on accelerators (:mod:`gmmssl.backend`), the (B, B) logits
+    matrix and :func:`row_logsumexp`. Both have custom JVPs, so
     forward mode (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) and reverse mode work.
 
     Args:
@@ -146,7 +148,7 @@ def infonce(z, z_pos, *, temperature=1.0, similarity: str = "dot", symmetric: bo
     check_choice("reduction", reduction, REDUCTIONS)
     keep = check_mask(mask, z.shape[0])
     cols = jnp.ones(z.shape[:1], z.dtype) if keep is None else keep
-    if z.shape[1] <= SMALL_RANK:  # the fused kernel; the same value and gradient (tested)
+    if z.shape[1] <= SMALL_RANK and fused_low_rank():  # the fused kernel (CPU); the same value and gradient
         z, z_pos = similarity_inputs(z, z_pos, temperature, similarity)
         a = z / temperature
         diag = jnp.sum(a * z_pos, axis=1)

@@ -1,0 +1,82 @@
+"""Choices measured on one backend, applied only there.
+
+gmmssl was measured on the CPU, where two things differ from accelerators:
+
+* **Batched linear algebra.** On the CPU (jaxlib 0.10), batched LAPACK calls (``eigh``,
+  ``svd``, ``cholesky``, triangular solves under ``vmap``) can deadlock XLA's thread
+  pool when several run at once (README, "Known issue"). So on the CPU, per-component
+  factorizations are Python loops and the sweep engine's preparation and evaluation
+  phases (and the scoring of stacked projectors) map cell by cell with ``lax.map``.
+  GPUs and TPUs batch these calls natively: there they are vmapped.
+* **The fused low-rank InfoNCE kernel** (:func:`gmmssl.losses.low_rank_logsumexp`, no
+  B×B logits) was faster than the matmul path on the CPU at the theory's small ranks;
+  on accelerators the B×B matmul runs on the matrix units, so the fused kernel is used
+  only on the CPU. (Both paths give the same value and gradient: tested.)
+* **Chunks of at most 64 cells** on the CPU (:data:`gmmssl.sweep.CPU_MAX_CHUNK`), where
+  larger chunks ran about 2× slower per model; on accelerators the memory budget alone
+  sets the chunk.
+
+Each choice is read when a function is traced, from ``jax.default_backend()``;
+:func:`measured_on` overrides it for a block (to test the other backend's path, or when
+you place arrays on a backend other than the default).
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import jax
+
+__all__ = ["batched_linalg", "cpu_measures", "fused_low_rank", "map_linalg", "measured_on"]
+
+_override = threading.local()
+
+
+def cpu_measures() -> bool:
+    """True when the CPU's measured choices apply: the default backend is the CPU (or
+    :func:`measured_on` says "cpu")."""
+    backend = getattr(_override, "backend", None) or jax.default_backend()
+    return backend == "cpu"
+
+
+def batched_linalg() -> bool:
+    """Whether linear algebra may be vmapped (batched): not on the CPU."""
+    return not cpu_measures()
+
+
+def fused_low_rank() -> bool:
+    """Whether InfoNCE at r ≤ :data:`gmmssl.losses.SMALL_RANK` uses the fused kernel: on the CPU."""
+    return cpu_measures()
+
+
+def map_linalg(fn, *xs, unroll: bool = False):
+    """``fn`` over the leading axis of ``xs`` (arrays or pytrees), for functions that do
+    linear algebra: ``vmap`` where batched linear algebra is safe; on the CPU ``lax.map``
+    (one element at a time), or with ``unroll`` a Python loop (for a few elements, such
+    as the K components, where it compiles to straight-line code)."""
+    if batched_linalg():
+        return jax.vmap(fn)(*xs)
+    if not unroll:
+        return jax.lax.map(lambda args: fn(*args), xs)
+    n = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    outs = [fn(*jax.tree_util.tree_map(lambda x, i=i: x[i], xs)) for i in range(n)]
+    return jax.tree_util.tree_map(lambda *ys: jax.numpy.stack(ys), *outs)
+
+
+@contextlib.contextmanager
+def measured_on(backend: str):
+    """Within the block, make the backend-dependent choices as on ``backend`` ("cpu",
+    "gpu" or "tpu"), whatever the default backend is. Functions traced (compiled) inside
+    the block keep the choice; a jitted function already compiled keeps its own.
+
+    On the CPU, "gpu" batches linear algebra, which can deadlock the CPU's thread pool
+    when several batched calls run at once: use it for small checks only.
+    """
+    if backend not in ("cpu", "gpu", "tpu"):
+        raise ValueError(f"backend must be 'cpu', 'gpu' or 'tpu', got {backend!r}")
+    before = getattr(_override, "backend", None)
+    _override.backend = backend
+    try:
+        yield
+    finally:
+        _override.backend = before
