@@ -75,8 +75,11 @@ def findings(run) -> str:
            "| separation | h | InfoNCE: LDA's | oracle's | central | Bayes kept: InfoNCE | LDA | central |",
            "|---|---|---|---|---|---|---|---|"]
     notes = []
-    for sep in sorted({r["separation"] for r in run.rows}, reverse=True):
-        rows = [r for r in run.rows if r["separation"] == sep]
+    def separation(row):  # a column only when several separations ran (a static axis)
+        return row.get("separation", run.config.get("separation"))
+
+    for sep in sorted({separation(r) for r in run.rows}, reverse=True):
+        rows = [r for r in run.rows if separation(r) == sep]
         loss = next(r["method"] for r in rows if r["method"] not in ("pca", "lda", "oracle", "init", "sufficient"))
         by = by_method_x(rows, "heterogeneity", EXTRA)
         for h in sorted({h for _, h in by}):

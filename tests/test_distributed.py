@@ -37,12 +37,18 @@ def _finish(procs, timeout=240):
     return [(p.wait(timeout=timeout), p.stdout.read(), p.stderr.read()) for p in procs]
 
 
+def _cell(row):
+    return row["method"], row["delta"], row["seed"]
+
+
 def _assert_close(folder, reference, tol=1e-6):
-    """Same rows, same labels, every number within tol·max(1, |value|) (a float32 value
-    of 48 is only resolved to 3.8e-6), the same projectors within tol."""
-    got, want = results.read_csv(folder / "results.csv"), results.read_csv(reference / "results.csv")
-    assert len(got) == len(want)
-    for a, b in zip(got, want):
+    """The reference's cells (a cell's numbers depend on its own values only) have the same
+    labels and every number within tol·max(1, |value|) (a float32 value of 48 is only
+    resolved to 3.8e-6), and the same projectors within tol."""
+    got = {_cell(r): r for r in results.read_csv(folder / "results.csv")}
+    want = results.read_csv(reference / "results.csv")
+    for b in want:
+        a = got[_cell(b)]
         assert a.keys() == b.keys()
         for k in a:
             if isinstance(a[k], float):
@@ -52,20 +58,24 @@ def _assert_close(folder, reference, tol=1e-6):
                 assert a[k] == b[k], (k, a[k], b[k])
     with np.load(folder / "projectors.npz") as p, np.load(reference / "projectors.npz") as q:
         assert sorted(p.files) == sorted(q.files)
+        where = {(d, s): i for i, (d, s) in enumerate(zip(p["grid_delta"], p["grid_seed"]))}
+        rows = [where[(d, s)] for d, s in zip(q["grid_delta"], q["grid_seed"])]
         for k in p.files:
-            np.testing.assert_allclose(p[k], q[k], rtol=0, atol=tol, err_msg=k)
+            np.testing.assert_allclose(p[k][rows], q[k], rtol=0, atol=tol, err_msg=k)
 
 
 @pytest.mark.slow
 def test_two_processes_killed_midway_then_resumed_give_the_single_process_results(tmp_path, finished_tiny):
-    one, _ = finished_tiny  # the single-process run (one device), in this process
+    one, _ = finished_tiny  # the single-process run (one device) of seeds 0 and 1, in this process
     out = tmp_path / "two"
-    args = ["run", "pancakes", "--out", str(out), *TINY, "--chunk-size", "4", "--heartbeat-timeout", "20"]  # 2 chunks
+    # 4 seeds: 3 chunks of 4 cells, one per device
+    args = ["run", "pancakes", "--out", str(out), *TINY, "--set", "seeds=4", "--chunk-size", "4",
+            "--heartbeat-timeout", "20"]
 
-    # process 1 is killed as soon as process 0 reports the first chunk stored
+    # process 1 is killed as soon as process 0 reports the first chunk stored (two remain)
     procs = _launch(args)
     for line in procs[0].stdout:
-        if "chunk 1/2" in line:
+        if "chunk 1/3" in line:
             procs[1].send_signal(signal.SIGKILL)
             killed = time.time()
             break
@@ -75,17 +85,18 @@ def test_two_processes_killed_midway_then_resumed_give_the_single_process_result
     waited = time.time() - killed
     procs[1].wait()
     err = procs[0].stderr.read()
-    assert status != 0 and waited < 60, (status, waited)
-    assert "a collective failed" in err and "--resume" in err, err[-2000:]
+    assert status != 0 and waited < 60, (status, waited, err[-2000:])
+    # our line, unless JAX's coordination service terminated the process first (its own line)
+    assert ("a collective failed" in err and "--resume" in err) or "another task died" in err, err[-2000:]
     # nothing is marked finished that is not: no outputs, the run still pending, its chunk kept
     assert not (out / "verdict.json").exists() and not (out / "results.csv").exists()
     assert (out / ".pending.json").exists()
     chunks = sorted(p.name for p in (out / "chunks" / "all").glob("chunk_*.npz"))
-    assert chunks[:1] == ["chunk_000000000-000000004.npz"] and len(chunks) <= 2, chunks
+    assert chunks[:1] == ["chunk_000000000-000000004.npz"] and len(chunks) < 3, chunks
 
     # a refusal on process 0 (another config) is every process's, with the same status
     refused = _finish(_launch([*args, "--set", "steps=200", "--resume"]))
-    assert [s for s, _, _ in refused] == [2, 2], refused
+    assert [s for s, _, _ in refused] == [2, 2], [e[-2000:] for _, _, e in refused]
     assert all("different config" in e for _, _, e in refused)
 
     # resumed on two processes: finished, the single-process numbers, process 0 alone prints

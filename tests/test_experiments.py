@@ -81,8 +81,14 @@ def test_experiment_writes_results_figures_and_a_verdict(runs, name):
     for c in verdict["claims"]:
         assert set(c) == {"statement", "measured", "tolerance", "passed", "note"}
     # the verdict recomputed from results.csv is the stored one
-    recomputed, _ = recompute_claims(experiments.get(name), folder)
+    recomputed, meta = recompute_claims(experiments.get(name), folder)
     assert [dataclasses.asdict(c) for c in recomputed] == verdict["claims"]
+    # the open-questions summary reads the stored rows (as gmmssl report does)
+    if experiments.get(name).findings is not None:
+        from gmmssl.experiment import Run
+        from gmmssl.results import read_csv
+
+        assert experiments.get(name).findings(Run(meta["config"], [], read_csv(folder / "results.csv")))
 
 
 @pytest.mark.parametrize("name", _grouped(sorted(TINY)))
@@ -126,6 +132,30 @@ def test_report_is_generated_from_the_results(runs, tmp_path):
         assert f"## {name}" in text
     assert "| experiment | claim | measured | tolerance | verdict |" in text
     assert list((tmp_path / "docs" / "figures").glob("*.png"))
+
+
+@pytest.mark.xdist_group("experiment-heteroscedastic")
+def test_open_questions_report_the_paper_scale_run_when_there_is_one(runs, tmp_path):
+    import shutil
+
+    from gmmssl.report import write_open_questions
+
+    root, out = runs
+    out["heteroscedastic"]
+    text = write_open_questions(root, tmp_path / "docs", partial=True).read_text()
+    assert "Run: `gmmssl run heteroscedastic` at scale `default`" in text
+    paper = root / "heteroscedastic_paper"
+    shutil.copytree(root / "heteroscedastic", paper)
+    meta = json.loads((paper / "config.json").read_text())
+    meta["config"]["scale"] = "paper"
+    (paper / "config.json").write_text(json.dumps(meta))
+    try:
+        text = write_open_questions(root, tmp_path / "docs", partial=True).read_text()
+    finally:
+        shutil.rmtree(paper)
+    assert "Run: `gmmssl run heteroscedastic --out results/heteroscedastic_paper` at scale `paper`" in text
+    assert (tmp_path / "docs" / "figures" / "heteroscedastic_paper-heteroscedastic.png").exists() or \
+        list((tmp_path / "docs" / "figures").glob("heteroscedastic_paper-*.png"))
 
 
 def test_real_experiment_reads_user_features(tmp_path):
