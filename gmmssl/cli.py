@@ -113,6 +113,8 @@ def main(argv=None) -> int:
                                       heartbeat_timeout_s=args.heartbeat_timeout)
     except ValueError as err:
         return _error(err)
+    except RuntimeError as err:  # JAX's own (JaxRuntimeError is one): no coordinator, a timeout
+        return _error(f"could not start the distributed run: {str(err).splitlines()[0][:300]}")
     if not many:
         return _run(args)
     # every process runs the grid; process 0 alone prints, reads and writes (gmmssl.distributed)

@@ -94,7 +94,8 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     Args:
       coordinator: "HOST:PORT" of process 0 (it listens there; the others connect), with
         ``num_processes`` and ``process_id`` (0 … N−1, each process its own). "auto": let
-        JAX read them from the cluster's environment (SLURM, Open MPI, TPU, Kubernetes).
+        JAX read what is not given from the cluster's environment (SLURM, Open MPI, TPU,
+        Kubernetes).
         None with the other two None: start only when :func:`detect_cluster` finds a
         launcher that started several processes; otherwise run as one process.
       heartbeat_timeout_s: how long the coordination service waits for a silent process
@@ -127,8 +128,8 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         return jax.process_count() > 1  # already joined (by the caller, or an earlier call)
     if coordinator is None and detect_cluster() is None:
         return False  # one process: nothing to start
-    if coordinator is None or coordinator == "auto":
-        jax.distributed.initialize(**kwargs)
+    if coordinator is None or coordinator == "auto":  # JAX reads what is not given from the cluster
+        jax.distributed.initialize(None, num_processes, process_id, **kwargs)
     else:
         if int(num_processes) == 1:
             return False
