@@ -70,14 +70,16 @@ def test_per_component_linear_algebra_is_vmapped_off_the_cpu_with_the_same_numbe
 def test_the_sweep_maps_cells_off_the_cpu_with_vmap_and_chunks_by_the_budget_alone():
     axes = {"x": [float(i) for i in range(70)], "seed": [0]}
 
-    def rows():
-        return sweep.map_grid(lambda c: {"y": c["x"] * 2.0}, axes,
+    def rows(lines):
+        return sweep.map_grid(lambda c: {"y": c["x"] * 2.0}, axes, progress=lines.append,
                               score_fn=lambda c, out: {"y": out["y"], "z": jnp.sum(jnp.arange(3.0) * c["x"])})
 
-    cpu = rows()
+    cpu_lines, other_lines = [], []
+    cpu = rows(cpu_lines)
     with backend.measured_on("gpu"):
-        other = rows()
-        assert sweep.choose_chunk_size(1 << 10, 70, 1, 1 << 30, max_cells=None) == 70
+        other = rows(other_lines)
+    # 70 cells: two chunks of 35 under the CPU's 64-cell cap, one chunk of 70 elsewhere
+    assert "chunk 2/2, 70/70 cells" in cpu_lines[-1] and "chunk 1/1, 70/70 cells" in other_lines[-1]
     assert [(r["y"], r["z"]) for r in other] == [(r["y"], r["z"]) for r in cpu] == \
         [(2.0 * i, 3.0 * i) for i in range(70)]
 
