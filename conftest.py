@@ -4,11 +4,29 @@ from pathlib import Path
 
 import pytest
 
-# Reuse compilations across tests and the CLI subprocesses they start: many tests compile
-# the same tiny programs. (A cache hit changes no result: it is the same executable.)
-_CACHE = Path(__file__).resolve().parent / ".pytest_cache" / "jax-compilation-cache"
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
+
+def _cache_dir() -> str:
+    """Where the test suite keeps compiled programs: GMMSSL_TEST_CACHE if set, else the
+    user's cache folder (so a fresh clone on the same machine, as in CI, reuses them), else
+    the clone's own .pytest_cache when that folder cannot be written."""
+    if os.environ.get("GMMSSL_TEST_CACHE"):
+        return os.environ["GMMSSL_TEST_CACHE"]
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gmmssl" / "jax-tests"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        return str(base)
+    except OSError:
+        return str(Path(__file__).resolve().parent / ".pytest_cache" / "jax-compilation-cache")
+
+
+# Reuse compilations across tests, the CLI subprocesses they start and earlier runs of the
+# suite: compiling is most of its time (measured on 2 cores: 8 min 24 s with an empty cache,
+# see README). A hit changes no result: the key holds the program, the jax/jaxlib versions,
+# the backend and the XLA flags, so a changed program or version compiles afresh. Kept
+# under CACHE_MAX_BYTES (the oldest entries go first, at the start of a session).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _cache_dir())
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+CACHE_MAX_BYTES = 1 << 30  # a whole session writes about 25 MB
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The suite's time is mostly XLA compiling small programs: compile them with most
 # optimizations off (about a fifth faster; that changes rounding, not what a test checks).
@@ -19,6 +37,23 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # program: 6.2 s -> 3.2 s). Rounding only, as above; CLI subprocesses inherit both.
 if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_use_fusion_emitters=false").strip()
+
+
+def pytest_sessionstart(session):
+    """Above CACHE_MAX_BYTES, trim the compilation cache to half of it, its oldest files
+    first, before the session starts (once: not in xdist's workers)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    files = [(f.stat().st_mtime, f.stat().st_size, f) for f in Path(os.environ["JAX_COMPILATION_CACHE_DIR"]).glob("*")
+             if f.is_file()]
+    total = sum(size for _, size, _ in files)
+    if total <= CACHE_MAX_BYTES:
+        return
+    for _, size, f in sorted(files, key=lambda t: t[0]):  # down to half, oldest first
+        if total <= CACHE_MAX_BYTES // 2:
+            break
+        f.unlink(missing_ok=True)
+        total -= size
 
 
 # doc files whose examples run long programs (as the ``optimized`` marker)

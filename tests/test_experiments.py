@@ -135,7 +135,7 @@ def test_report_is_generated_from_the_results(runs, tmp_path):
 
 
 @pytest.mark.xdist_group("experiment-heteroscedastic")
-def test_open_questions_report_the_paper_scale_run_when_there_is_one(runs, tmp_path):
+def test_open_questions_report_the_paper_scale_runs_when_there_are_any(runs, tmp_path):
     import shutil
 
     from gmmssl.report import write_open_questions
@@ -143,19 +143,29 @@ def test_open_questions_report_the_paper_scale_run_when_there_is_one(runs, tmp_p
     root, out = runs
     out["heteroscedastic"]
     text = write_open_questions(root, tmp_path / "docs", partial=True).read_text()
-    assert "Run: `gmmssl run heteroscedastic` at scale `default`" in text
-    paper = root / "heteroscedastic_paper"
-    shutil.copytree(root / "heteroscedastic", paper)
-    meta = json.loads((paper / "config.json").read_text())
-    meta["config"]["scale"] = "paper"
-    (paper / "config.json").write_text(json.dumps(meta))
+    assert "Run: `gmmssl run heteroscedastic --set scale=default --set " in text
+    for name in ("heteroscedastic_paper", "heteroscedastic_paper_k"):  # a paper-scale run and a supplement
+        paper = root / name
+        shutil.copytree(root / "heteroscedastic", paper)
+        meta = json.loads((paper / "config.json").read_text())
+        meta["config"]["scale"] = "paper"
+        (paper / "config.json").write_text(json.dumps(meta))
     try:
         text = write_open_questions(root, tmp_path / "docs", partial=True).read_text()
     finally:
-        shutil.rmtree(paper)
-    assert "Run: `gmmssl run heteroscedastic --out results/heteroscedastic_paper` at scale `paper`" in text
-    assert (tmp_path / "docs" / "figures" / "heteroscedastic_paper-heteroscedastic.png").exists() or \
-        list((tmp_path / "docs" / "figures").glob("heteroscedastic_paper-*.png"))
+        for name in ("heteroscedastic_paper", "heteroscedastic_paper_k"):
+            shutil.rmtree(root / name)
+    section = text.split("## What does InfoNCE learn without a shared covariance?")[1]
+    # the paper-scale runs replace the default one, each with its command (the overrides of
+    # the paper preset) and its figures
+    assert "--out results/heteroscedastic_paper`" in section and "--out results/heteroscedastic_paper_k`" in section
+    assert "Run: `gmmssl run heteroscedastic --set scale=paper --set " in section
+    assert section.count("Run: `gmmssl run heteroscedastic") == 2
+    assert section.index("--out results/heteroscedastic_paper`") < \
+        section.index("### Also at paper scale: `results/heteroscedastic_paper_k`") < \
+        section.index("--out results/heteroscedastic_paper_k`")
+    assert list((tmp_path / "docs" / "figures").glob("heteroscedastic_paper-*.png"))
+    assert list((tmp_path / "docs" / "figures").glob("heteroscedastic_paper_k-*.png"))
 
 
 def test_real_experiment_reads_user_features(tmp_path):
