@@ -65,6 +65,18 @@ def _check_coverage(root: Path, names, partial: bool, what: str) -> None:
                          f"or pass --partial to write the report without them")
 
 
+def _command(name: str, exp, meta: dict, out: Path) -> str:
+    """The ``gmmssl run`` command that reproduces the run in ``out``: its scale (when not
+    the default) and every value that differs from what that scale gives."""
+    scale = meta["config"].get("scale", "default")
+    base = {**exp.defaults, **exp.presets.get(scale, {})}  # what --set scale=SCALE alone gives
+    overrides = [f"--set {k}={','.join(map(str, v)) if isinstance(v, list) else v}"
+                 for k, v in meta["config"].items()
+                 if k != "scale" and base.get(k) != (tuple(v) if isinstance(v, list) else v)]
+    return " ".join([f"gmmssl run {name}", *([f"--set scale={scale}"] if scale != "default" else []), *overrides,
+                     *([f"--out results/{out.name}"] if out.name != name else [])])
+
+
 def write_report(results_root="results", docs="docs", names=None, partial: bool = False) -> Path:
     """docs/RESULTS.md from the finished runs under ``results_root``. Refuses (ValueError,
     nothing written) when no experiment has finished results, or when some have none
@@ -96,11 +108,8 @@ def write_report(results_root="results", docs="docs", names=None, partial: bool 
             statement = c.statement.replace("|", "\\|")
             verdict = "PASS" if c.passed else ("**NOT SCORED**" if c.note.startswith("not scored") else "**FAIL**")
             lines.append(f"| {title} | {statement} | {c.measured:.4g} | {c.tolerance} | {verdict} |")
-        overrides = " ".join(f"--set {k}={','.join(map(str, v)) if isinstance(v, list) else v}"
-                             for k, v in meta["config"].items() if exp.defaults.get(k) != (tuple(v) if isinstance(v, list) else v))
         sections += [f"## {title}", "", exp.description, "",
-                     f"Command: `gmmssl run {name}{' --out results/' + title if title != name else ''}"
-                     f"{' ' + overrides if overrides else ''}` "
+                     f"Command: `{_command(name, exp, meta, out)}` "
                      f"({meta.get('num_cells', '?')} cells, {meta.get('seconds', '?')} s on "
                      f"{meta['environment']['backend']}, jax {meta['environment']['jax']}"
                      f"{_reused(meta)}).", ""]
@@ -178,13 +187,7 @@ def _question_section(exp, name: str, out: Path, docs: Path) -> list[str]:
     if finished_problem(out) is not None:
         return [f"No finished results ({finished_problem(out)}): `gmmssl run {name}`.", ""]
     claims, meta = recompute_claims(exp, out)
-    scale = meta["config"].get("scale", "default")
-    base = {**exp.defaults, **exp.presets.get(scale, {})}  # what --set scale=SCALE alone gives
-    overrides = " ".join(f"--set {k}={','.join(map(str, v)) if isinstance(v, list) else v}"
-                         for k, v in meta["config"].items()
-                         if k != "scale" and base.get(k) != (tuple(v) if isinstance(v, list) else v))
-    lines = [f"Run: `gmmssl run {name} --set scale={scale}"
-             f"{' ' + overrides if overrides else ''}{' --out results/' + out.name if out.name != name else ''}`, "
+    lines = [f"Run: `{_command(name, exp, meta, out)}`, "
              f"{meta.get('num_cells', '?')} cells, {meta.get('seconds', '?')} s on "
              f"{meta['environment']['backend']} (jax {meta['environment']['jax']}{_reused(meta)}).", ""]
     if exp.findings is not None:
