@@ -82,6 +82,24 @@ def _os_error(err: OSError, out) -> str:
             f"or fix permissions, then rerun the same command")
 
 
+@contextlib.contextmanager
+def _stdout_silenced():
+    """Standard output to /dev/null for the duration, Python's and the C++ runtime's alike
+    (file descriptor 1: gloo's connection lines come from its own threads), restored after.
+    A follower of a distributed run prints nothing: process 0 speaks for all."""
+    sys.stdout.flush()
+    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     import gmmssl.experiments as experiments
@@ -120,7 +138,7 @@ def main(argv=None) -> int:
     # every process runs the grid; process 0 alone prints, reads and writes (gmmssl.distributed)
     import jax
 
-    quiet = contextlib.nullcontext() if distributed.is_leader() else contextlib.redirect_stdout(io.StringIO())
+    quiet = contextlib.nullcontext() if distributed.is_leader() else _stdout_silenced()
     try:
         with quiet:
             status = _run(args)

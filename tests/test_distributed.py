@@ -2,7 +2,6 @@
 127.0.0.1, with JAX's distributed runtime and CPU collectives (gloo)."""
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -15,10 +14,6 @@ import pytest
 from gmmssl import distributed, results
 from gmmssl.cli import main
 from tiny import TINY
-
-
-GLOO_LINE = re.compile(r"\[Gloo\] Rank |\d+ is connected to \d+ peer ranks\. "
-                       r"Expected number of connected peer ranks is : \d+")
 
 
 def _free_port() -> int:
@@ -108,9 +103,7 @@ def test_two_processes_killed_midway_then_resumed_give_the_single_process_result
     (s0, out0, err0), (s1, out1, err1) = _finish(_launch([*args, "--resume"]))
     assert (s0, s1) == (0, 0), (err0[-2000:], err1[-2000:])
     assert "cells reused from stored chunks" in out0 and "verdict:" in out0
-    # process 1 prints nothing but gloo's own lines (written by threads of the C++ runtime,
-    # which can interleave mid-line: removed as text, not as lines)
-    assert GLOO_LINE.sub("", out1).strip() == "", out1
+    assert out1 == ""  # process 0 speaks for all (gloo's own lines included)
     assert len(json.loads((out / "config.json").read_text())["environment"]["devices"]) == 4
     _assert_close(out, one)
 
