@@ -1,5 +1,6 @@
 """Test-session setup shared by tests/, the doctests of gmmssl/ and docs/guide.md."""
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ def _cache_dir() -> str:
 # cache full, 6 min 47 s empty; see README). A hit changes no result: the key holds the
 # program, the jax/jaxlib versions, the backend and the XLA flags, so a changed program or
 # version compiles afresh. Kept under CACHE_MAX_BYTES (oldest first, at a session's start).
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ  # a user's own cache is never trimmed
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _cache_dir())
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 CACHE_MAX_BYTES = 1 << 30  # a whole session writes about 70 MB (4,300 programs)
@@ -41,12 +43,19 @@ if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
 
 
 def pytest_sessionstart(session):
-    """Above CACHE_MAX_BYTES, trim the compilation cache to half of it, its oldest files
-    first, before the session starts (once: not in xdist's workers)."""
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    """Above CACHE_MAX_BYTES, trim the suite's compilation cache to half of it, its oldest
+    files first, before the session starts (once: not in xdist's workers; never a cache the
+    user named with JAX_COMPILATION_CACHE_DIR)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or not _OWN_CACHE:
         return
-    files = [(f.stat().st_mtime, f.stat().st_size, f) for f in Path(os.environ["JAX_COMPILATION_CACHE_DIR"]).glob("*")
-             if f.is_file()]
+    files = []
+    for f in Path(os.environ["JAX_COMPILATION_CACHE_DIR"]).glob("*"):
+        try:
+            st = f.stat()
+        except OSError:  # removed meanwhile (another run trimming)
+            continue
+        if stat.S_ISREG(st.st_mode):
+            files.append((st.st_mtime, st.st_size, f))
     total = sum(size for _, size, _ in files)
     if total <= CACHE_MAX_BYTES:
         return
