@@ -27,7 +27,8 @@ def _cache_dir() -> str:
 # program, the jax/jaxlib versions, the backend and the XLA flags, so a changed program or
 # version compiles afresh. Kept under CACHE_MAX_BYTES (oldest first, at a session's start).
 _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ  # a user's own cache is never trimmed
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _cache_dir())
+if _OWN_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir()
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 CACHE_MAX_BYTES = 1 << 30  # a whole session writes about 70 MB (4,300 programs)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

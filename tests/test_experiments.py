@@ -144,6 +144,7 @@ def test_open_questions_report_the_paper_scale_runs_when_there_are_any(runs, tmp
     out["heteroscedastic"]
     text = write_open_questions(root, tmp_path / "docs", partial=True).read_text()
     assert "Run: `gmmssl run heteroscedastic --set " in text and "--set scale=default" not in text
+    default_run = [ln for ln in text.splitlines() if ln.startswith("Run: `gmmssl run heteroscedastic")]
     for name in ("heteroscedastic_paper", "heteroscedastic_paper_k"):  # a paper-scale run and a supplement
         paper = root / name
         shutil.copytree(root / "heteroscedastic", paper)
@@ -152,10 +153,13 @@ def test_open_questions_report_the_paper_scale_runs_when_there_are_any(runs, tmp
         (paper / "config.json").write_text(json.dumps(meta))
     try:
         text = write_open_questions(root, tmp_path / "docs", partial=True).read_text()
+        section = text.split("## What does InfoNCE learn without a shared covariance?")[1]
+        # each printed command, resolved as `gmmssl run` resolves it, gives its run's config
+        for line in [ln for ln in section.splitlines() if ln.startswith("Run: `")] + default_run:
+            _assert_command_reproduces(line.split("`")[1], root)
     finally:
         for name in ("heteroscedastic_paper", "heteroscedastic_paper_k"):
             shutil.rmtree(root / name)
-    section = text.split("## What does InfoNCE learn without a shared covariance?")[1]
     # the paper-scale runs replace the default one, each with its command (the overrides of
     # the paper preset) and its figures
     assert "--out results/heteroscedastic_paper`" in section and "--out results/heteroscedastic_paper_k`" in section
@@ -166,6 +170,21 @@ def test_open_questions_report_the_paper_scale_runs_when_there_are_any(runs, tmp
         section.index("--out results/heteroscedastic_paper_k`")
     assert list((tmp_path / "docs" / "figures").glob("heteroscedastic_paper-*.png"))
     assert list((tmp_path / "docs" / "figures").glob("heteroscedastic_paper_k-*.png"))
+
+
+def _assert_command_reproduces(command: str, root) -> None:
+    """The command a report prints, resolved as `gmmssl run` resolves it, gives the config
+    stored in the folder it names."""
+    from gmmssl.experiment import parse_overrides, resolve_config
+
+    words = command.split()
+    assert words[:2] == ["gmmssl", "run"], command
+    name = words[2]
+    sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+    folder = root / (words[words.index("--out") + 1].split("/", 1)[1] if "--out" in words else name)
+    stored = json.loads((folder / "config.json").read_text())["config"]
+    resolved = resolve_config(experiments.get(name), parse_overrides(sets))
+    assert json.loads(json.dumps(resolved)) == stored, command
 
 
 def test_real_experiment_reads_user_features(tmp_path):
