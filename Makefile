@@ -10,10 +10,20 @@ STAMP := $(VENV)/.gmmssl-installed
 
 install: $(STAMP)
 
+# Installed with uv when pip can fetch it (15 s here against pip's 60 s: most of pip's time
+# is compiling every file of every dependency to bytecode); pip remains the fallback.
+# Bytecode is then written on first import, for the modules actually used: so recipes
+# run with PYTHONDONTWRITEBYTECODE unset (a machine that sets it would otherwise compile
+# jax and the rest in memory again in every process the tests start).
+unexport PYTHONDONTWRITEBYTECODE
+
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	if $(BIN)/python -m pip install --quiet uv; then \
+	  $(BIN)/uv pip install --python $(BIN)/python --quiet -e '.[test]'; \
+	else \
+	  $(BIN)/python -m pip install --quiet --upgrade pip && $(BIN)/python -m pip install --quiet -e '.[test]'; \
+	fi
 	@touch $(STAMP)
 
 demo: $(STAMP)
