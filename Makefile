@@ -11,7 +11,8 @@ STAMP := $(VENV)/.gmmssl-installed
 install: $(STAMP)
 
 # Installed with uv when pip can fetch it (15 s here against pip's 60 s: most of pip's time
-# is compiling every file of every dependency to bytecode); pip remains the fallback.
+# is compiling every file of every dependency to bytecode); pip is the fallback when uv
+# cannot be installed or fails.
 # Bytecode is then written on first import, for the modules actually used: so recipes
 # run with PYTHONDONTWRITEBYTECODE unset (a machine that sets it would otherwise compile
 # jax and the rest in memory again in every process the tests start).
@@ -19,9 +20,9 @@ unexport PYTHONDONTWRITEBYTECODE
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	if $(BIN)/python -m pip install --quiet uv; then \
-	  $(BIN)/uv pip install --python $(BIN)/python --quiet -e '.[test]'; \
-	else \
+	if $(BIN)/python -m pip install --quiet uv && $(BIN)/uv pip install --python $(BIN)/python --quiet -e '.[test]'; \
+	then :; else \
+	  echo "uv unavailable or failed: installing with pip"; \
 	  $(BIN)/python -m pip install --quiet --upgrade pip && $(BIN)/python -m pip install --quiet -e '.[test]'; \
 	fi
 	@touch $(STAMP)
