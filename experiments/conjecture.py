@@ -633,7 +633,6 @@ def findings_certified(run: Run) -> str:
         out.append(f"- Sampled in-batch InfoNCE at B = {b} ({config['finite_steps']} steps, {len(sel)} mixtures): "
                    f"largest angle to the certified optimum median {np.median([r['angle_to_certified_deg'] for r in sel]):.3g}°, "
                    f"max {max(r['angle_to_certified_deg'] for r in sel):.3g}°.")
-    out += ["", ARGUMENT]
     return "\n".join(out)
 
 
@@ -670,4 +669,4 @@ EXPERIMENT = Experiment(
     "mixtures: where the exact InfoNCE objective's optimum is (certified optima, Gauss–Hermite quadrature, Newton in "
     "float64), beside sampled in-batch InfoNCE; `--set view=sgd` for how fast Adam gets there.", defaults=DEFAULTS,
     build=build, claims=claims, figures=figures, report=report, static_keys=STATIC_KEYS, presets=PRESETS,
-    x64=True, followup=followup, findings=findings)
+    x64=True, followup=followup, findings=findings, notes=ARGUMENT)

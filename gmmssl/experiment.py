@@ -86,6 +86,8 @@ class Experiment:
         and rows appended (e.g. the worst cells re-run longer); None for none.
       findings: (run) -> markdown summarizing what the rows show (for
         docs/open-questions.md; reads ``run.config`` and ``run.rows`` only).
+      notes: fixed markdown that does not depend on a run (an argument, a caveat), shown
+        once in docs/open-questions.md after the question's runs; None for none.
     """
 
     name: str
@@ -100,6 +102,7 @@ class Experiment:
     x64: bool = False
     followup: Callable[[Run], list] | None = None
     findings: Callable[[Run], str] | None = None
+    notes: str | None = None
 
 
 def _parse_value(key: str, text: str, default):

@@ -135,13 +135,17 @@ def test_report_is_generated_from_the_results(runs, tmp_path):
 
 
 @pytest.mark.xdist_group("experiment-heteroscedastic")
-def test_open_questions_report_the_paper_scale_runs_when_there_are_any(runs, tmp_path):
+def test_open_questions_report_the_paper_scale_runs_when_there_are_any(runs, tmp_path, monkeypatch):
     import shutil
 
     from gmmssl.report import write_open_questions
 
     root, out = runs
     out["heteroscedastic"]
+    # an experiment's fixed notes (such as the conjecture's argument) are shown once per question
+    notes = "A fixed argument that does not depend on the run."
+    monkeypatch.setitem(experiments.REGISTRY, "heteroscedastic",
+                        dataclasses.replace(experiments.get("heteroscedastic"), notes=notes))
     text = write_open_questions(root, tmp_path / "docs", partial=True).read_text()
     assert "Run: `gmmssl run heteroscedastic --set " in text and "--set scale=default" not in text
     default_run = [ln for ln in text.splitlines() if ln.startswith("Run: `gmmssl run heteroscedastic")]
@@ -165,6 +169,7 @@ def test_open_questions_report_the_paper_scale_runs_when_there_are_any(runs, tmp
     assert "--out results/heteroscedastic_paper`" in section and "--out results/heteroscedastic_paper_k`" in section
     assert "Run: `gmmssl run heteroscedastic --set scale=paper --set " in section
     assert section.count("Run: `gmmssl run heteroscedastic") == 2
+    assert section.count(notes) == 1 and section.index(notes) > section.index("--out results/heteroscedastic_paper_k`")
     assert section.index("--out results/heteroscedastic_paper`") < \
         section.index("### Also at paper scale: `results/heteroscedastic_paper_k`") < \
         section.index("--out results/heteroscedastic_paper_k`")
