@@ -82,3 +82,30 @@ def test_run_with_another_loss(tmp_path):
     assert {r["method"] for r in rows} == {"pca", "lda", "oracle", "init", loss}
     best = [r for r in rows if r["method"] == loss and r["delta"] == 1.0]
     assert min(r["fisher_capture"] for r in best) > 0.9
+
+
+def test_every_run_command_in_the_docs_is_accepted():
+    """Each ``gmmssl run NAME ...`` that README.md, docs/guide.md and benchmarks/README.md
+    show parses with the CLI's own parser and its --set values resolve for that experiment
+    (a user copies them; placeholders such as ``...`` are skipped)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    import gmmssl.experiments as experiments
+    from gmmssl.cli import _parser
+    from gmmssl.experiment import parse_overrides, resolve_config
+
+    repo = Path(__file__).resolve().parent.parent
+    checked = []
+    for doc in ("README.md", "docs/guide.md", "benchmarks/README.md"):
+        for m in re.finditer(r"gmmssl run ([a-z_]+)([^`\n]*)", (repo / doc).read_text()):
+            # a shell line: its variables ($i, "$OUT") stand for 0; a closing quote ends it
+            name, rest = m.group(1), re.sub(r"\$\{?\w+\}?", "0", m.group(2)).rstrip().rstrip('"')
+            words = shlex.split(rest.split("#")[0])
+            if name not in experiments.REGISTRY or any("..." in w for w in words):
+                continue
+            args = _parser().parse_args(["run", name, *words])
+            resolve_config(experiments.get(name), parse_overrides(args.overrides))
+            checked.append(m.group(0))
+    assert any("scale=paper" in c for c in checked) and any("--coordinator" in c for c in checked), checked
