@@ -175,7 +175,7 @@ def write_open_questions(results_root="results", docs="docs", partial: bool = Fa
                 lines += [f"### Also at paper scale: `results/{out.name}`", ""]
             lines += _question_section(exp, name, out, docs)
         if exp.notes:
-            lines += [exp.notes, ""]
+            lines += ["### Notes (for every run above)", "", exp.notes, ""]
     path = docs / "open-questions.md"
     results.atomic_write(path, "\n".join(lines) + "\n")
     return path
