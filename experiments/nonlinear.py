@@ -203,23 +203,31 @@ def findings(run: Run) -> str:
     """What the rows show, for docs/open-questions.md."""
     out = [f"MLP width {run.config['width']}, activation {run.config['activation']}, {run.config['steps']} steps; "
            "mean over δ ≥ 0.5 and seeds (depth 0 is the linear projector).", "",
-           "| mixture | loss | depth | probe acc. | LDA probe | Bayes | ARI | LDA ARI | Jacobian on S_F |",
-           "|---|---|---|---|---|---|---|---|---|"]
-    good, bad, wide = [], [], []
+           "| mixture | loss | depth | probe acc. | LDA probe | Bayes | ARI | LDA ARI | Jacobian on S_F | PCA's "
+           "| init's |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    good, bad, wide, baselines = [], [], [], {}
     for (loss, mix), rows in _groups(run).items():
         rows = [r for r in rows if r["delta"] >= 0.5]
         by = {(s["method"], s["depth"]): s for s in _summary(rows)}
         for depth in sorted({dp for _, dp in by}):
             ssl, lda = by[(loss, depth)], by[("lda", depth)]
+            pca, init = by[("pca", depth)]["jacobian_fisher_mean"], by[("init", depth)]["jacobian_fisher_mean"]
             out.append(f"| {mix} | {loss} | {depth} | {ssl['probe_accuracy_mean']:.3f} | "
                        f"{lda['probe_accuracy_mean']:.3f} | {ssl['bayes_accuracy_mean']:.3f} | {ssl['ari_mean']:.3f} | "
-                       f"{lda['ari_mean']:.3f} | {ssl['jacobian_fisher_mean']:.3f} |")
+                       f"{lda['ari_mean']:.3f} | {ssl['jacobian_fisher_mean']:.3f} | {pca:.3f} | {init:.3f} |")
+            baselines.setdefault(mix, []).append(pca)
             close = ssl["probe_accuracy_mean"] >= lda["probe_accuracy_mean"] - 0.02
             (good if close else bad).append(f"{mix}/{loss}/depth {depth}")
             if ssl["jacobian_fisher_mean"] < 0.9:
                 wide.append(f"{mix}/{loss}/depth {depth} ({ssl['jacobian_fisher_mean']:.2f})")
     out += ["", f"Linear probe within 0.02 of LDA's: {', '.join(good) or 'none'}; short of it: "
             f"{', '.join(bad) or 'none'}."]
+    pca_share = "; ".join(f"on {mix} PCA's share is {min(v):.2f}–{max(v):.2f}" if max(v) - min(v) >= 0.005
+                          else f"on {mix} PCA's share is {v[0]:.2f}" for mix, v in baselines.items())
+    out.append("The Jacobian's share is read against PCA's projection and the untrained network (\"PCA's\", "
+               f"\"init's\"): {pca_share} (where it is high, the share separates a Fisher-seeking map from a "
+               "variance-seeking one less).")
     if wide:
         out.append("Less than 0.9 of the Jacobian acts on the Fisher subspace for " + ", ".join(wide) + ": there the "
                    "representation keeps what a linear readout needs, but the network also responds to directions "
