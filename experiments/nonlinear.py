@@ -225,9 +225,10 @@ def findings(run: Run) -> str:
             f"{', '.join(bad) or 'none'}."]
     pca_share = "; ".join(f"on {mix} PCA's share is {min(v):.2f}–{max(v):.2f}" if max(v) - min(v) >= 0.005
                           else f"on {mix} PCA's share is {v[0]:.2f}" for mix, v in baselines.items())
-    out.append("The Jacobian's share is read against PCA's projection and the untrained network (\"PCA's\", "
-               f"\"init's\"): {pca_share} (where it is high, the share separates a Fisher-seeking map from a "
-               "variance-seeking one less).")
+    if baselines:  # (none when no cell has δ ≥ 0.5)
+        out.append("The Jacobian's share is read against PCA's projection and the untrained network (\"PCA's\", "
+                   f"\"init's\"): {pca_share} (where it is high, the share separates a Fisher-seeking map from a "
+                   "variance-seeking one less).")
     if wide:
         out.append("Less than 0.9 of the Jacobian acts on the Fisher subspace for " + ", ".join(wide) + ": there the "
                    "representation keeps what a linear readout needs, but the network also responds to directions "

@@ -190,10 +190,8 @@ def _run(args) -> int:
               f"non-finite values); their metrics are NaN and no claim is scored (column 'diverged' of results.csv)")
     print("\nverdict:")
     for c in run.claims:
-        scored = not c.note.startswith("not scored")
-        tag = ("PASS" if c.passed else "FAIL") if scored else "NOT SCORED"
-        note = f" [{c.note}]" if c.note and scored else ""
-        print(f"  [{tag}] {c.statement}: {c.measured:.4f} ({c.tolerance}){note}")
+        note = f" [{c.note}]" if c.note and c.scored else ""
+        print(f"  [{c.verdict}] {c.statement}: {c.measured:.4f} ({c.tolerance}){note}")
     print(f"\nwrote {out}/results.csv, config.json, projectors.npz, verdict.json and figures")
     if invalid or (args.strict and not all(c.passed for c in run.claims)):
         return 1

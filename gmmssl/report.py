@@ -106,7 +106,7 @@ def write_report(results_root="results", docs="docs", names=None, partial: bool 
         stored = json.loads((out / "verdict.json").read_text()) if (out / "verdict.json").exists() else None
         for c in claims:
             statement = c.statement.replace("|", "\\|")
-            verdict = "PASS" if c.passed else ("**NOT SCORED**" if c.note.startswith("not scored") else "**FAIL**")
+            verdict = c.verdict if c.passed else f"**{c.verdict}**"
             lines.append(f"| {title} | {statement} | {c.measured:.4g} | {c.tolerance} | {verdict} |")
         sections += [f"## {title}", "", exp.description, "",
                      f"Command: `{_command(name, exp, meta, out)}` "
@@ -117,7 +117,7 @@ def write_report(results_root="results", docs="docs", names=None, partial: bool 
             sections += ["**The stored verdict.json disagrees with the verdict recomputed from results.csv.**", ""]
         passed = sum(c.passed for c in claims)
         sections += [f"Verdict: {passed} of {len(claims)} claims pass.", ""]
-        if claims and claims[0].note.startswith("not scored"):
+        if claims and not claims[0].scored:
             sections += [f"**{claims[0].note}.**", ""]
         for fig in sorted(out.glob("*.png")):
             target = docs / "figures" / f"{title}-{fig.name}"
@@ -196,8 +196,10 @@ def _question_section(exp, name: str, out: Path, docs: Path) -> list[str]:
         run = Run(meta["config"], [], results.read_csv(out / "results.csv"))
         lines += [exp.findings(run), ""]
     lines += [f"Verdict, {sum(c.passed for c in claims)} of {len(claims)} predictions hold:", ""]
-    lines += [f"- {'PASS' if c.passed else '**FAIL**'}: {c.statement}: {c.measured:.4g} ({c.tolerance})"
-              + (f" ({c.note})" if c.note else "") for c in claims]
+    if claims and not claims[0].scored:  # as in docs/RESULTS.md: why none is scored, once
+        lines += [f"**{claims[0].note}.**", ""]
+    lines += [f"- {c.verdict if c.passed else f'**{c.verdict}**'}: {c.statement}: {c.measured:.4g} ({c.tolerance})"
+              + (f" ({c.note})" if c.note and c.scored else "") for c in claims]
     lines.append("")
     for fig in sorted(out.glob("*.png")):
         target = docs / "figures" / f"{out.name}-{fig.name}"

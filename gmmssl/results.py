@@ -201,6 +201,20 @@ class Claim:
     passed: bool
     note: str = ""
 
+    @property
+    def scored(self) -> bool:
+        """False when :func:`guard_claims` withheld the verdict (the grid has invalid
+        rows): then ``passed`` is False and the claim neither passed nor failed."""
+        return not self.note.startswith(NOT_SCORED)
+
+    @property
+    def verdict(self) -> str:
+        """"PASS", "FAIL" or "NOT SCORED"."""
+        return "NOT SCORED" if not self.scored else ("PASS" if self.passed else "FAIL")
+
+
+NOT_SCORED = "not scored"
+
 
 _OPS = {"<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b}
 
@@ -238,6 +252,6 @@ def guard_claims(claims: list[Claim], rows: list[dict]) -> list[Claim]:
     diverged = count_diverged(rows)
     detail = [f"{diverged} diverged"] if diverged else []
     detail += [f"{len(bad) - diverged} with NaN or infinite metrics"] if len(bad) > diverged else []
-    why = (f"not scored: {len(bad)} of {len(rows)} rows are invalid ({', '.join(detail)}); "
+    why = (f"{NOT_SCORED}: {len(bad)} of {len(rows)} rows are invalid ({', '.join(detail)}); "
            f"see the diverged column of results.csv")
     return [dataclasses.replace(c, passed=False, note=why) for c in claims]

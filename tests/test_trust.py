@@ -253,15 +253,26 @@ def test_report_without_results_refuses_and_leaves_the_docs_alone(tmp_path, caps
 
 
 def test_a_diverged_run_is_flagged_not_scored_and_exits_non_zero(tmp_path, capsys):
-    assert main(["run", "pancakes", "--out", str(tmp_path), *TINY, "--set", "learning_rate=1e30"]) == 1
+    out = tmp_path / "pancakes"
+    assert main(["run", "pancakes", "--out", str(out), *TINY, "--set", "learning_rate=1e30"]) == 1
     printed = capsys.readouterr().out
     assert "WARNING" in printed and "diverged" in printed and "[PASS]" not in printed
-    rows = results.read_csv(tmp_path / "results.csv")
+    assert "[NOT SCORED]" in printed and "[FAIL]" not in printed
+    # the reports say so too, never PASS or FAIL (docs/RESULTS.md and an open question's section)
+    from gmmssl import experiments
+    from gmmssl.report import _question_section, write_report
+
+    table = write_report(tmp_path, tmp_path / "docs", names=["pancakes"]).read_text()
+    section = "\n".join(_question_section(experiments.get("pancakes"), "pancakes", out, tmp_path / "docs"))
+    for text in (table, section):
+        assert "**NOT SCORED**" in text and "**not scored: " in text, text
+        assert "PASS" not in text and "FAIL" not in text, text
+    rows = results.read_csv(out / "results.csv")
     learned = [r for r in rows if r["method"] == "infonce"]
     assert learned and all(r["diverged"] == 1 and np.isnan(r["fisher_capture"]) and np.isnan(r["ari"])
                            for r in learned)
     assert all(r["diverged"] == 0 for r in rows if r["method"] != "infonce")
-    verdict = json.loads((tmp_path / "verdict.json").read_text())
+    verdict = json.loads((out / "verdict.json").read_text())
     assert verdict["diverged_rows"] == len(learned) and not verdict["passed"]
     assert not any(c["passed"] for c in verdict["claims"])
 
