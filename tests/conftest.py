@@ -8,7 +8,7 @@ import pytest
 
 from gmmssl.cli import main
 from gmmssl.gmm import parallel_pancakes, random_gmm
-from tiny import TINY
+from tiny import CHUNKED, TINY
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +20,16 @@ def _finished_tiny(tmp_path_factory):
     with contextlib.redirect_stdout(text):
         assert main(["run", "pancakes", "--out", str(out), *TINY]) == 0
     return out, text.getvalue()
+
+
+@pytest.fixture(scope="session")
+def finished_chunked(tmp_path_factory):
+    """The tiny run with ``tiny.CHUNKED``'s arguments, run once per test process (read it, do not
+    change it): its folder."""
+    out = tmp_path_factory.mktemp("chunked") / "run"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["run", "pancakes", "--out", str(out), *CHUNKED]) == 0
+    return out
 
 
 @pytest.fixture

@@ -143,6 +143,7 @@ def test_jensen_holds_for_the_sampled_in_batch_objective_too():
     assert d.mean() > 5 * d.std() / np.sqrt(d.size), (d.mean(), d.std())
 
 
+@pytest.mark.optimized  # its programs run for seconds: faster compiled with optimizations on
 def test_certify_finds_and_certifies_the_optimum_and_the_certificate_can_fail():
     g = _gmm(k=3, d=6)
     out = jax.jit(lambda key, delta: exact.certify(key, g, delta, 2, starts=3, iterations=60))(
@@ -164,6 +165,7 @@ def test_certify_finds_and_certifies_the_optimum_and_the_certificate_can_fail():
     assert float(off["grad_norm"]) > exact.GRAD_TOL and not bool(off["certified"])
 
 
+@pytest.mark.optimized  # its programs run for seconds: faster compiled with optimizations on
 def test_uncentered_extra_rank_starts_agree():
     """Uncentered means, r = m + 1: on this mixture the start freed from S_F used to stop at
     a saddle (a zero column is stationary: L is even in each column of b) 1.3e-5 above the
@@ -192,6 +194,7 @@ def test_exact_objective_refuses_bad_input():
 
 
 @pytest.mark.slow
+@pytest.mark.optimized  # its programs run for seconds: faster compiled with optimizations on
 def test_adam_on_the_sampled_objective_reaches_the_certified_optimum_uncentered_tilt_included():
     """An independent route to the uncentered finding: infonce_population trained with Adam
     (sampled anchors and positives) lands on the certified optimum, which is tilted off S_F."""

@@ -56,11 +56,16 @@ class _Runs:
         return self.done[name]
 
 
+# the report test reads pancakes' and rank's runs: one group, so one worker runs each once
+_GROUP = {"pancakes": "experiment-rank"}
+
+
 def _grouped(names):
     """One parameter per experiment, each in its own xdist group: the tests that read an
     experiment's tiny run go to one worker, which runs it once (`make test` runs
     ``--dist loadgroup``)."""
-    return [pytest.param(n, marks=[pytest.mark.xdist_group(f"experiment-{n}"), pytest.mark.slow]) for n in names]
+    return [pytest.param(n, marks=[pytest.mark.xdist_group(_GROUP.get(n, f"experiment-{n}")), pytest.mark.slow])
+            for n in names]
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ from pathlib import Path  # noqa: E402
 from gmmssl import results  # noqa: E402
 from gmmssl.sweep import choose_chunk_size, estimate_cell_bytes  # noqa: E402
 
-from tiny import TINY  # noqa: E402
+from tiny import CHUNKED, TINY  # noqa: E402
 
 
 def _cli(*args, env=None, **kw):
@@ -129,10 +129,11 @@ def test_same_command_twice_writes_identical_results(tmp_path, finished_tiny):
 
 
 @pytest.mark.slow
-def test_chunking_changes_nothing_beyond_rounding(tmp_path, finished_tiny):
-    one, _ = finished_tiny  # one chunk of 6 cells
-    assert main(["run", "pancakes", "--out", str(tmp_path / "many"), *TINY, "--chunk-size", "1"]) == 0
-    assert _max_metric_diff(_rows(one), _rows(tmp_path / "many")) < 1e-4
+@pytest.mark.xdist_group("chunked")  # the tests that read finished_chunked share its run
+def test_chunking_changes_nothing_beyond_rounding(finished_tiny, finished_chunked):
+    one, _ = finished_tiny  # one chunk of 6 cells (seeds 0 and 1)
+    many = [r for r in _rows(finished_chunked) if r["seed"] < 2]  # one cell per chunk, the same cells
+    assert _max_metric_diff(_rows(one), many) < 1e-4
 
 
 @pytest.mark.slow
@@ -150,9 +151,9 @@ def test_four_devices_give_the_same_results_as_one(tmp_path, finished_tiny):
 
 
 @pytest.mark.slow
-def test_sigkill_halfway_then_resume_gives_the_uninterrupted_results(tmp_path):
-    args = ["run", "pancakes", *TINY, "--set", "seeds=4", "--chunk-size", "1"]  # 12 chunks
-    assert main([*args, "--out", str(tmp_path / "full")]) == 0  # the uninterrupted run, in this process
+@pytest.mark.xdist_group("chunked")
+def test_sigkill_halfway_then_resume_gives_the_uninterrupted_results(tmp_path, finished_chunked):
+    args = ["run", "pancakes", *CHUNKED]  # 12 chunks; finished_chunked: the uninterrupted run, in this process
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "gmmssl.cli", *args, "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -165,9 +166,8 @@ def test_sigkill_halfway_then_resume_gives_the_uninterrupted_results(tmp_path):
     done = len(list(chunks.glob("chunk_*.npz")))
     assert 4 <= done < 12, done
     assert not (out / "results.csv").exists()
-    resumed = _cli(*args, "--out", str(out), "--resume")
-    assert resumed.returncode == 0, resumed.stderr
-    assert (out / "results.csv").read_bytes() == (tmp_path / "full" / "results.csv").read_bytes()
+    assert main([*args, "--out", str(out), "--resume"]) == 0  # finished by another process: this one
+    assert (out / "results.csv").read_bytes() == (finished_chunked / "results.csv").read_bytes()
     assert len(list(chunks.glob("chunk_*.npz"))) == 12
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 

@@ -10,3 +10,6 @@ from gmmssl.benchmarks.__main__ import QUICK_PANCAKES
 
 OVERRIDES = dict(QUICK_PANCAKES)  # 6 cells (2 seeds × δ 0, 0.5, 1): one chunk of 6 unless --chunk-size says otherwise
 TINY = [arg for k, v in OVERRIDES.items() for arg in ("--set", f"{k}={v}")]
+# the same on 4 seeds, one cell per chunk: 12 chunks, enough for a run to be killed midway
+# (tests/test_sweep.py), chunked otherwise than TINY's one chunk of 6
+CHUNKED = [*TINY, "--set", "seeds=4", "--chunk-size", "1"]
