@@ -1,13 +1,30 @@
-"""Plotting helpers shared by the experiments (matplotlib, Agg backend, no display needed)."""
+"""Plotting helpers shared by the experiments (matplotlib, Agg backend, no display needed).
+
+``plots.plt`` is ``matplotlib.pyplot``, imported (and the Agg backend selected) on first
+use, so that commands that draw nothing (``gmmssl list``, a refused run) do not pay for it.
+"""
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
 
 __all__ = ["metric_against", "plt", "save", "scatter_embedding"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    globals()["plt"] = matplotlib.pyplot  # later lookups of plots.plt skip __getattr__
+    return matplotlib.pyplot
+
+
+def __getattr__(name):
+    if name == "plt":
+        return _pyplot()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 METHOD_STYLE = {
     "lda": dict(color="black", marker="s", linestyle="--", label="LDA (supervised)"),
@@ -64,5 +81,5 @@ def scatter_embedding(ax, z, labels, title: str):
 def save(fig, path):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path

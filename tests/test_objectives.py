@@ -41,6 +41,7 @@ def test_simsiam_predictor_is_a_trained_parameter_starting_near_identity():
 
 
 @pytest.mark.slow
+@pytest.mark.optimized  # its training runs for seconds: faster compiled with optimizations on
 @pytest.mark.parametrize("stop_gradient", [True, False])
 def test_simsiam_surviving_norms_follow_the_prediction(stop_gradient):
     """No predictor, l2: the squared norms of AᵀΣ_T A against the canonical correlations ρ.
@@ -66,6 +67,7 @@ def test_simsiam_surviving_norms_follow_the_prediction(stop_gradient):
 
 
 @pytest.mark.slow
+@pytest.mark.optimized  # its training runs for seconds: faster compiled with optimizations on
 def test_clip_learns_the_shared_fisher_subspace_and_filters_private_structure():
     mm = multimodal_gmm(jax.random.PRNGKey(0), dims=(6, 6), num_components=3, num_private=(2, 2),
                         separation=2.0, private_separation=3.0)
