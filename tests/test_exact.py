@@ -1,5 +1,12 @@
 """The exact population InfoNCE objective, its certificates, and the sign-flip / Jensen
-argument checked step by step (issue 14)."""
+argument checked step by step (issue 14).
+
+The long jitted programs here take their mixture and arrays as arguments, never as
+closed-over constants: those values are computed eagerly, and their last bits depend on
+whether this process first compiled the eager operations with optimizations on (an
+``optimized`` test) or off; as constants they would change the program, so the
+compilation cache would miss it in one test order and hit it in another.
+"""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,13 +70,15 @@ def test_the_two_forms_agree_and_equal_a_long_monte_carlo_estimate(centered):
     # Monte Carlo from the sampler: anchors and positives drawn, negatives' MGF in closed form
     m, s = g.means @ a, a.T @ g.cov @ a
 
-    def estimate(key):  # one replicate of 500,000 pairs
+    def estimate(key, g, a, m, s):  # one replicate of 500,000 pairs
         x, xp, _, _ = sample_pairs(key, g, 500_000, 0.6)
         z, zp = x @ a, xp @ a
         lse = logsumexp(z @ m.T + jnp.log(g.weights), axis=1)
         return jnp.mean(lse + 0.5 * jnp.einsum("br,rs,bs->b", z, s, z) - jnp.sum(z * zp, 1))
 
-    est = np.asarray(jax.jit(lambda keys: jax.lax.map(estimate, keys))(jax.random.split(jax.random.PRNGKey(10), 6)))
+    # arrays as arguments, not closed-over constants (see the note at the top of this file)
+    run = jax.jit(lambda keys, *args: jax.lax.map(lambda k: estimate(k, *args), keys))
+    est = np.asarray(run(jax.random.split(jax.random.PRNGKey(10), 6), g, a, m, s))
     se = np.std(est) / np.sqrt(len(est)) + 1e-4
     assert abs(np.mean(est) - v_z) <= 4 * se, (np.mean(est), v_z, se)
 
@@ -146,8 +155,9 @@ def test_jensen_holds_for_the_sampled_in_batch_objective_too():
 @pytest.mark.optimized  # its programs run for seconds: faster compiled with optimizations on
 def test_certify_finds_and_certifies_the_optimum_and_the_certificate_can_fail():
     g = _gmm(k=3, d=6)
-    out = jax.jit(lambda key, delta: exact.certify(key, g, delta, 2, starts=3, iterations=60))(
-        jax.random.PRNGKey(0), 0.5)
+    # the mixture is an argument, not a closed-over constant (see the note at the top of this file)
+    out = jax.jit(lambda key, g, delta: exact.certify(key, g, delta, 2, centered=True, starts=3, iterations=60))(
+        jax.random.PRNGKey(0), g, 0.5)
     assert bool(out["certified"]) and bool(out["starts_agree"])
     assert float(out["grad_norm"]) <= exact.GRAD_TOL and float(out["hessian_min_eig"]) > 0
     assert 1.0 - float(metrics.fisher_capture(out["projector"], fisher_subspace(g))) < 1e-8
@@ -173,8 +183,8 @@ def test_uncentered_extra_rank_starts_agree():
     delta = 0.7
     g = random_gmm(jax.random.PRNGKey(1), 6, 3, separation=1.5, condition_number=10.0, centered=False,
                    dtype=jnp.float64)
-    out = jax.jit(lambda key: exact.certify(key, g, delta, 3, centered=False, starts=3, iterations=60))(
-        jax.random.PRNGKey(0))
+    out = jax.jit(lambda key, g: exact.certify(key, g, delta, 3, centered=False, starts=3, iterations=60))(
+        jax.random.PRNGKey(0), g)
     assert bool(out["certified"]) and bool(out["starts_agree"]), np.asarray(out["start_losses"])
     b = jnp.array([[0.3, 0.1, 0.0], [-0.2, 0.4, 0.0], [0.1, 0.2, 0.0]])  # a zero column: stationary in it
     grad = jax.grad(lambda v: exact.exact_infonce_in_span(v, g, delta, basis=exact.span_basis(g, False)))(b)
@@ -203,9 +213,11 @@ def test_adam_on_the_sampled_objective_reaches_the_certified_optimum_uncentered_
 
     g = random_gmm(jax.random.PRNGKey(3), 6, 2, separation=1.5, condition_number=5.0, centered=False,
                    dtype=jnp.float64)
-    cert = jax.jit(lambda k: exact.certify(k, g, 0.6, 1, centered=False, starts=2, iterations=40))(jax.random.PRNGKey(0))
+    cert = jax.jit(lambda k, g: exact.certify(k, g, 0.6, 1, centered=False, starts=2, iterations=40))(
+        jax.random.PRNGKey(0), g)
     cfg = TrainConfig(r=1, batch_size=1024, steps=1600, log_every=400, loss="infonce_population")
-    a = jax.jit(lambda k: train(k, g, make_hparams(delta=0.6, learning_rate=0.03), cfg).params["A"])(jax.random.PRNGKey(1))
+    a = jax.jit(lambda k, g: train(k, g, make_hparams(delta=0.6, learning_rate=0.03), cfg).params["A"])(
+        jax.random.PRNGKey(1), g)
     f = fisher_subspace(g)
     deficit = 1.0 - float(metrics.fisher_capture(cert["projector"], f))
     assert bool(cert["certified"]) and deficit > 0.05  # the tilt toward Σ⁻¹μ̄

@@ -56,9 +56,13 @@ def test_simsiam_surviving_norms_follow_the_prediction(stop_gradient):
                       stop_gradient=stop_gradient)
     factor = 2.0 if stop_gradient else 1.0
     xis = (0.4, 0.7, 1.0)  # one vmapped program over ξ (a traced hyper-parameter)
-    run = jax.jit(jax.vmap(lambda xi: train(jax.random.PRNGKey(0), g, make_hparams(delta=delta, xi=xi,
-                                                                                     learning_rate=0.03), cfg)))
-    trained = run(np.asarray(xis, np.float32))
+    # the mixture is an argument, not a closed-over constant: its values (computed eagerly,
+    # rounded as this process's earlier programs were compiled) would change the program and
+    # miss the compilation cache (tests/test_exact.py explains)
+    run = jax.jit(jax.vmap(lambda g, xi: train(jax.random.PRNGKey(0), g, make_hparams(delta=delta, xi=xi,
+                                                                                        learning_rate=0.03), cfg),
+                           in_axes=(None, 0)))
+    trained = run(g, np.asarray(xis, np.float32))
     for i, xi in enumerate(xis):
         a = np.asarray(trained.params["A"][i], np.float64)
         norms = np.sort(np.linalg.eigvalsh(a.T @ np.asarray(g.total_cov, np.float64) @ a))[::-1]
