@@ -108,4 +108,3 @@ def pytest_collection_modifyitems(config, items):
         warnings.warn(f"--dist loadgroup did not group {len(lost)} tests marked xdist_group (e.g. {lost[0]}): this "
                       f"pytest and pytest-xdist do not work together (see the pin in pyproject.toml's test extra); "
                       f"the tests still pass, but run their shared fixtures once per worker")
-

@@ -83,8 +83,8 @@ def test_clip_learns_the_shared_fisher_subspace_and_filters_private_structure():
     shared = [fisher_subspace(mm.shared_view(m)) for m in (0, 1)]
     private = fisher_subspace(mm.private_view(0))
 
-    @jax.jit  # every score in one program
-    def scores(a1, a2, a_uni):
+    @jax.jit  # every score in one program; the mixture and bases as arguments (see test_simsiam_... above)
+    def scores(mm, shared, private, a1, a2, a_uni):
         ev = sample_multimodal(jax.random.PRNGKey(2), mm, 2000)
         km = jax.random.PRNGKey(3)
         out = {}
@@ -96,7 +96,7 @@ def test_clip_learns_the_shared_fisher_subspace_and_filters_private_structure():
                       "ari_private": kmeans_ari(km, ev.x1 @ a_uni, ev.j1, 2)}
         return out
 
-    out = jax.tree_util.tree_map(float, scores(res.params["A"], res.params["A2"], uni.params["A"]))
+    out = jax.tree_util.tree_map(float, scores(mm, shared, private, res.params["A"], res.params["A2"], uni.params["A"]))
     for view in (out["view0"], out["view1"]):
         assert view["capture"] >= 0.98
         assert view["ari"] >= view["ari_lda"] - 0.02
