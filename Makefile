@@ -10,17 +10,17 @@ STAMP := $(VENV)/.gmmssl-installed
 
 install: $(STAMP)
 
-# Installed with uv when pip can fetch it (about 25 s here against pip's 60-80 s), pip is the
-# fallback when uv cannot be installed or fails. Both compile the dependencies to bytecode
-# at install (uv on every core): left to the first import, that compiling (13 s for what
-# the suite imports) ran at once in both test workers and the first CLI subprocesses.
-# Recipes run with PYTHONDONTWRITEBYTECODE unset (a machine that sets it would otherwise
-# compile the tests' and gmmssl's own modules again in every process the tests start).
+# Installed with uv when pip can fetch it (15 s here against pip's 60 s: most of pip's time
+# is compiling every file of every dependency to bytecode); pip is the fallback when uv
+# cannot be installed or fails.
+# Bytecode is then written on first import, for the modules actually used: so recipes
+# run with PYTHONDONTWRITEBYTECODE unset (a machine that sets it would otherwise compile
+# jax and the rest in memory again in every process the tests start).
 unexport PYTHONDONTWRITEBYTECODE
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	if $(BIN)/python -m pip install --quiet uv && $(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecode -e '.[test]'; \
+	if $(BIN)/python -m pip install --quiet uv && $(BIN)/uv pip install --python $(BIN)/python --quiet -e '.[test]'; \
 	then :; else \
 	  echo "uv unavailable or failed: installing with pip"; \
 	  $(BIN)/python -m pip install --quiet --upgrade pip && $(BIN)/python -m pip install --quiet -e '.[test]'; \
