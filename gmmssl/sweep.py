@@ -492,23 +492,17 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
 
     mesh = Mesh(np.array(devices), ("grid",))
     grid_sharding = NamedSharding(mesh, PartitionSpec("grid"))
-    split_sharding = NamedSharding(mesh, PartitionSpec("grid", None))
 
     train = jax.jit(jax.vmap(spec.train_fn))
 
     def per_cell(fn):
-        """fn over each device's share of the chunk: cell by cell (lax.map) on the CPU, vmapped
-        elsewhere (gmmssl.backend.map_linalg)."""
-
-        def split(x):
-            x = x.reshape((num_devices, -1) + x.shape[1:])
-            return jax.lax.with_sharding_constraint(x, split_sharding if x.ndim > 1 else grid_sharding)
-
-        def mapped(*args):
-            outs = jax.vmap(lambda *a: map_linalg(fn, *a))(*jax.tree_util.tree_map(split, args))
-            return jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), outs)
-
-        return jax.jit(mapped)
+        """fn over each device's share of the chunk (shard_map over the grid axis): cell by
+        cell (lax.map) on the CPU, vmapped elsewhere (gmmssl.backend.map_linalg). Each
+        device maps its own cells; nothing is batched over devices (vmapping the map over a
+        device axis would trace every loop body again through its batching rule)."""
+        return jax.jit(jax.shard_map(lambda *args: map_linalg(fn, *args), mesh=mesh,
+                                     in_specs=PartitionSpec("grid"), out_specs=PartitionSpec("grid"),
+                                     check_vma=False))
 
     prepare = per_cell(spec.prepare_fn)
     evaluate = per_cell(lambda c, d, t: _as_dict(spec.evaluate_fn(c, d, t)))
