@@ -2,8 +2,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from sklearn.decomposition import PCA
-from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
 from conftest import subspace_distance
 from gmmssl import fisher
@@ -43,6 +41,8 @@ def test_parallel_pancakes_fisher_subspace_is_the_separating_span():
 
 
 def test_lda_matches_sklearn(gmm4):
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis  # here: seconds to import
+
     x, c = sample(jax.random.PRNGKey(0), gmm4, 3000)
     ours = fisher.lda(x, c, 4)
     assert ours.shape == (6, 3)
@@ -54,6 +54,8 @@ def test_lda_matches_sklearn(gmm4):
 
 
 def test_pca_matches_sklearn(gmm4):
+    from sklearn.decomposition import PCA
+
     x, _ = sample(jax.random.PRNGKey(1), gmm4, 3000)
     ours = fisher.pca(x, 2)
     sk = PCA(2).fit(np.asarray(x, np.float64))
