@@ -5,7 +5,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.stats import multivariate_normal
 
 import gmmssl.experiments as experiments
 from gmmssl import fisher, metrics, projectors
@@ -51,6 +50,8 @@ def test_hetero_gmm_rejects_bad_covariances(covs, match):
 
 @pytest.mark.parametrize("hetero", [False, True])
 def test_bayes_log_posterior_matches_scipy(hetero):
+    from scipy.stats import multivariate_normal  # here: scipy.stats takes 2 s to import
+
     g = hetero_gmm(jax.random.PRNGKey(5), 3, 3, heterogeneity=0.7) if hetero else random_gmm(jax.random.PRNGKey(5), 3, 3)
     x, c = sample(jax.random.PRNGKey(6), g, 50)
     covs = np.asarray(g.covs) if hetero else np.stack([np.asarray(g.cov)] * 3)
