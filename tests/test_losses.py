@@ -228,9 +228,9 @@ LOSSES = {
 
 
 def _check_fd(loss, z, zp, eps=1e-6):
-    f = jax.jit(loss)
+    f = jax.jit(loss)  # jitted: eagerly, each operation of the loss and its gradient compiles on its own
     for arg in (0, 1):
-        grad = np.asarray(jax.grad(loss, argnums=arg)(z, zp))
+        grad = np.asarray(jax.jit(jax.grad(loss, argnums=arg))(z, zp))
         fd = np.zeros_like(grad)
         for idx in np.ndindex(*grad.shape):
             plus, minus = [z, zp], [z, zp]
@@ -267,8 +267,9 @@ def test_every_loss_is_finite_at_tiny_batches_and_extreme_scales(name, b):
         with pytest.raises(ValueError, match="needs B ≥ 2"):
             loss(z, zp)
         return
+    value_and_grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))  # one program for the three scales
     for scale in (1.0, 1e3, 0.0):
-        val, grads = jax.value_and_grad(loss, argnums=(0, 1))(scale * z, scale * zp)
+        val, grads = value_and_grads(scale * z, scale * zp)
         if name in ("population", "spectral") and scale == 1e3:
             continue  # unbounded by design at norm 1e3 (quadratic/exponential in z); see the temperature test
         assert np.isfinite(val), (name, b, scale)
@@ -280,7 +281,7 @@ def test_low_temperature_is_finite(similarity):
     z, zp = _pair(b=8, r=3, seed=11)
     for f in (lambda a, c: infonce(a, c, temperature=1e-3, similarity=similarity),
               lambda a, c: clip(a, c, temperature=1e-3, similarity=similarity)):
-        val, g = jax.value_and_grad(f)(z, zp)
+        val, g = jax.jit(jax.value_and_grad(f))(z, zp)
         assert np.isfinite(val) and np.all(np.isfinite(g))
 
 
@@ -339,8 +340,11 @@ def test_low_rank_kernel_equals_the_matmul_path_in_value_and_gradient(r, symmetr
     def ours(z, zp):
         return infonce(z, zp, temperature=0.3, symmetric=symmetric)
 
-    np.testing.assert_allclose(ours(z, zp), reference(z, zp), rtol=1e-5)
-    for g_ours, g_ref in zip(jax.grad(ours, argnums=(0, 1))(z, zp), jax.grad(reference, argnums=(0, 1))(z, zp)):
+    # one jitted program (eagerly, every operation of both gradients compiles on its own)
+    both = jax.jit(lambda z, zp: [(f(z, zp), jax.grad(f, argnums=(0, 1))(z, zp)) for f in (ours, reference)])
+    (v_ours, grads_ours), (v_ref, grads_ref) = both(z, zp)
+    np.testing.assert_allclose(v_ours, v_ref, rtol=1e-5)
+    for g_ours, g_ref in zip(grads_ours, grads_ref):
         np.testing.assert_allclose(g_ours, g_ref, rtol=1e-4, atol=1e-6)
 
 
