@@ -11,6 +11,10 @@ __all__ = ["metric_against", "plt", "save", "scatter_embedding"]
 
 
 def _pyplot():
+    """matplotlib.pyplot; the first call imports it and selects Agg (a backend chosen
+    afterwards is kept, as when this module selected Agg at import)."""
+    if "plt" in globals():
+        return globals()["plt"]
     import matplotlib
 
     matplotlib.use("Agg")

@@ -224,3 +224,22 @@ def test_a_wheel_installs_and_runs_outside_the_repository(tmp_path):
                          env={**os.environ, "PYTHONPATH": str(site)})
     assert run.returncode == 0, run.stderr[-2000:]
     assert (elsewhere / "out" / "verdict.json").exists() and "zoo" in run.stdout
+
+
+def test_plots_select_agg_once_and_keep_a_backend_the_user_chose(tmp_path):
+    """gmmssl.plots imports pyplot lazily; Agg is selected on first use only, so saving a
+    figure never switches back a backend the user chose afterwards."""
+    import matplotlib
+
+    from gmmssl import plots
+
+    plt = plots.plt
+    assert matplotlib.get_backend().lower() == "agg"
+    try:
+        matplotlib.use("svg")
+        fig, ax = plt.subplots()
+        ax.plot([0, 1])
+        assert plots.save(fig, tmp_path / "f.png").exists()
+        assert matplotlib.get_backend().lower() == "svg"
+    finally:
+        matplotlib.use("Agg")
