@@ -1,12 +1,16 @@
 # make demo: create .venv if missing, install gmmssl, run the main job (parallel pancakes, CPU).
-# make test: the same environment, then the whole test suite (on up to 4 workers, pytest-xdist).
+# make test: the same environment, then the whole test suite (on up to 4 workers, pytest-xdist),
+#   on the CPU; JAX_PLATFORMS=cuda make test (or make test-gpu) runs the same suite on a GPU,
+#   with jax's CUDA plugin installed in the venv (pip install 'jax[cuda13]').
+# make test PYTHON=python3.13 VENV=.venv313: the suite on another interpreter (as .ci/run does).
 # make docs: regenerate the API reference, docs/api.md, from the docstrings.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.gmmssl-installed
+JAX_PLATFORMS ?= cpu
 
-.PHONY: demo test docs install clean
+.PHONY: demo test test-gpu docs install clean
 
 install: $(STAMP)
 
@@ -35,7 +39,10 @@ demo: $(STAMP)
 	JAX_PLATFORMS=cpu $(BIN)/gmmssl run pancakes
 
 test: $(STAMP)
-	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadgroup --durations=15
+	JAX_PLATFORMS=$(JAX_PLATFORMS) $(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadgroup --durations=15
+
+test-gpu:
+	$(MAKE) test JAX_PLATFORMS=cuda
 
 docs: $(STAMP)
 	JAX_PLATFORMS=cpu $(BIN)/python -m gmmssl.apidoc docs/api.md

@@ -31,16 +31,59 @@ if _OWN_CACHE:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir()
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 CACHE_MAX_BYTES = 1 << 30  # a whole session writes about 70 MB (4,300 programs)
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # JAX_PLATFORMS=cuda (make test-gpu) runs the suite on a GPU
+# several test workers (and the CLI subprocesses they start) share one accelerator: each takes
+# the memory it needs, not JAX's default 75 % of the device at its first op
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# The suite checks mathematics at float32: its matmuls run at float32 on every chip ("highest";
+# a GPU's default is TF32, whose ~1e-3 rounding no float32 tolerance allows). The CPU computes
+# float32 matmuls in float32 at any setting, so there only the programs' text changes.
+# gmmssl's own trainer, sweeps and exact objective choose this precision themselves
+# (gmmssl.backend.DEFAULT_PRECISION); this covers the tests' direct calls of the losses.
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 # The suite's time is mostly XLA compiling small programs: compile them with most
 # optimizations off (about a fifth faster; that changes rounding, not what a test checks).
 # JAX_DISABLE_MOST_OPTIMIZATIONS=0 tests the optimized programs.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
-# ... and with XLA:CPU's older elemental emitters instead of its fusion emitters: with
-# optimizations off, they halve the compile time again (the pancakes run's evaluation
-# program: 6.2 s -> 3.2 s). Rounding only, as above; CLI subprocesses inherit both.
-if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_use_fusion_emitters=false").strip()
+
+
+def _xla_flag_works(flag: str) -> bool:
+    """Whether the installed jaxlib accepts ``flag`` in XLA_FLAGS. XLA ends the process on a
+    flag it does not know (jaxlib >= 0.11 dropped --xla_cpu_use_fusion_emitters), so a
+    subprocess imports jax and runs an op with it; the answer is kept per jaxlib version and
+    flag beside the compilation cache (about 2 s once, then a file read)."""
+    import json
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    memo = Path(_cache_dir()).parent / "xla-flags.json"
+    key = f"jaxlib {version('jaxlib')} {sys.platform} {flag}"
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        env = {**os.environ, "XLA_FLAGS": flag, "JAX_PLATFORMS": "cpu"}
+        probe = subprocess.run([sys.executable, "-c", "import jax.numpy as jnp; jnp.zeros(2).block_until_ready()"],
+                               env=env, capture_output=True, timeout=120)
+        known[key] = probe.returncode == 0
+        try:
+            memo.write_text(json.dumps(known, indent=1))
+        except OSError:
+            pass
+    return known[key]
+
+
+# On the CPU only: XLA:CPU's older elemental emitters instead of its fusion emitters. With
+# optimizations off they halve the compile time again (jaxlib 0.10: the pancakes run's
+# evaluation program, 6.2 s -> 3.2 s); rounding only, as above. jaxlib >= 0.11 has no such
+# flag (and its CPU compiler no such choice): there it is left out. CLI subprocesses inherit it.
+CPU_ONLY_XLA_FLAGS = ("--xla_cpu_use_fusion_emitters=false",)
+if os.environ["JAX_PLATFORMS"] == "cpu":
+    for _flag in CPU_ONLY_XLA_FLAGS:
+        if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", "") and _xla_flag_works(_flag):
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 
 
 def pytest_sessionstart(session):

@@ -2,8 +2,10 @@
 bench.json (every figure with its configuration and the environment) and bench.md (tables).
 
 ``device`` is the one prepared script for an accelerator (a GPU or TPU lent for a short
-check): the kernel benchmark, the sweep at G = 16 … 4096 and the pancakes experiment at
-its default size, on whatever device JAX finds, recorded with the device's kind."""
+check): the kernel benchmark, the sweep at G = 16 … 4096 (at float32 matmul precision, as
+gmmssl trains, and at the chip's default precision, side by side) and the pancakes
+experiment at its default size, on whatever device JAX finds, recorded with the device's
+kind."""
 from __future__ import annotations
 
 import argparse
@@ -70,8 +72,10 @@ def main(argv=None) -> int:
         kw = dict(configs=("pancakes",), sizes=(1, 4), loop_sizes=(1,), repeats=1, steps=10) if a.quick else {}
         if a.what == "device" and not a.quick:
             kw = dict(configs=("pancakes",), sizes=(16, 64, 256, 1024, 4096), loop_sizes=(1,))
+        if a.what == "device":  # float32 matmuls (gmmssl's) against the chip's default, side by side
+            kw["precisions"] = (None, "default")
         report["sweep"] = sweeps.run(**kw)
-        md += ["## Sweeps", _table(report["sweep"]["rows"], ["config", "method", "G", "compile_s", "median_s",
+        md += ["## Sweeps", _table(report["sweep"]["rows"], ["config", "method", "precision", "G", "compile_s", "median_s",
                                                              "model_steps_per_s", "peak_rss_mb"])]
     if a.what in ("answer", "all"):
         # quick: the configuration of the delta experiment's tiny test run (tests/test_experiments.py)

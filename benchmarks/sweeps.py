@@ -1,7 +1,10 @@
 """Sweeps: trained models × steps per second against the grid size G, for the pancakes and
 delta training configurations, beside the loops users would otherwise write:
 
-* ``grid``: gmmssl's one vmapped, jitted call over the G models (train phase only);
+* ``grid``: gmmssl's one vmapped, jitted call over the G models (train phase only), at
+  the float32 matmul precision gmmssl uses (:func:`gmmssl.backend.matmul_precision`,
+  "highest") and, with ``precisions``, at others side by side (the cost of float32 matmuls
+  against a GPU's TF32 default, "default");
 * ``loop_models``: a Python loop over G single-model jitted runs (each a whole scan);
 * ``loop_steps``: a Python loop dispatching one jitted optimizer step at a time;
 * ``torch_loop``: the pancakes training as a plain PyTorch loop (when torch is installed).
@@ -18,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gmmssl.backend import cpu_measures
+from gmmssl.backend import cpu_measures, matmul_precision
 from gmmssl.benchmarks.common import peak_rss_mb, time_stats
 from gmmssl import losses
 from gmmssl.augment import sample_pairs
@@ -64,10 +67,14 @@ def _grid_timed(gmm, cfg, g: int, repeats: int, budget_bytes: int | None, max_ce
 
 
 def run(configs=("pancakes", "delta"), sizes=(1, 16, 256, 4096), loop_sizes=(1, 16), repeats: int = 3,
-        budget_bytes: int | None = None, max_cells: int | None = None, steps: int | None = None):
+        budget_bytes: int | None = None, max_cells: int | None = None, steps: int | None = None,
+        precisions=(None,)):
     """Rows of model-steps/s per (config, method, G); large grids are timed once (repeats
     fall to 1 above G = 256, where one pass takes minutes on a CPU). ``steps`` replaces
-    the configurations' 100 training steps (the quick smoke test uses fewer)."""
+    the configurations' 100 training steps (the quick smoke test uses fewer). The grid
+    method is timed at each of ``precisions`` (None: gmmssl's own,
+    :func:`gmmssl.backend.matmul_precision`; else a ``jax.default_matmul_precision`` value),
+    each row naming the precision it ran at."""
     rows = []
     if max_cells is None and cpu_measures():
         max_cells = CPU_MAX_CHUNK  # as the sweep engine does
@@ -76,9 +83,12 @@ def run(configs=("pancakes", "delta"), sizes=(1, 16, 256, 4096), loop_sizes=(1, 
         if steps is not None:
             cfg = dataclasses.replace(cfg, steps=steps, log_every=steps)
         for g in sizes:
-            t = _grid_timed(gmm, cfg, g, repeats if g <= 256 else 1, budget_bytes, max_cells)
-            rows.append({"config": name, "method": "grid", "G": g, **t,
-                         "model_steps_per_s": g * cfg.steps / t["median_s"], "peak_rss_mb": peak_rss_mb()})
+            for precision in precisions:
+                with jax.default_matmul_precision(precision or matmul_precision()):
+                    t = _grid_timed(gmm, cfg, g, repeats if g <= 256 else 1, budget_bytes, max_cells)
+                    used = matmul_precision()
+                rows.append({"config": name, "method": "grid", "precision": used, "G": g, **t,
+                             "model_steps_per_s": g * cfg.steps / t["median_s"], "peak_rss_mb": peak_rss_mb()})
         single = jax.jit(lambda k, d: train(k, gmm, {"delta": d}, cfg).params["A"])
         step = _one_step(gmm, cfg)
         for g in loop_sizes:

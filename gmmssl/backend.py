@@ -18,16 +18,32 @@ gmmssl was measured on the CPU, where two things differ from accelerators:
 
 Each choice is read when a function is traced, from ``jax.default_backend()``;
 :func:`measured_on` overrides it for a block (to test the other backend's path, or when
-you place arrays on a backend other than the default).
+you place arrays on a backend other than the default). The CPU's choices are refused on
+an accelerator: XLA:GPU did not finish compiling the training program with the fused
+kernel in 140 s (one H200, jaxlib 0.11.2).
+
+**Float32 matmul precision, on every backend.** A GPU's default float32 matmul is TF32
+(10-bit mantissa, rounding ~1e-3), a TPU's default uses bfloat16 passes; the CPU computes in
+float32. gmmssl's own computations (the trainer, the evaluation, :mod:`gmmssl.exact`, the
+sweep engine's phases) run their matmuls at :func:`matmul_precision`: JAX's own
+``jax_default_matmul_precision`` when you set it (``jax.default_matmul_precision("default")``
+or the ``JAX_DEFAULT_MATMUL_PRECISION`` variable), else :data:`DEFAULT_PRECISION`,
+"highest" (float32), so that capture, efficiency, ARI and the exact objective agree across
+chips to float32 rounding. Sweeps record it (:func:`gmmssl.sweep.numerics`): resuming under
+another precision is refused. Your own code outside gmmssl keeps JAX's default.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 
 import jax
 
-__all__ = ["batched_linalg", "cpu_measures", "fused_low_rank", "map_linalg", "measured_on"]
+__all__ = ["DEFAULT_PRECISION", "batched_linalg", "cpu_measures", "fused_low_rank", "map_linalg", "matmul_precision",
+           "measured_on", "with_matmul_precision"]
+
+DEFAULT_PRECISION = "highest"
 
 _override = threading.local()
 
@@ -70,13 +86,46 @@ def measured_on(backend: str):
     the block keep the choice; a jitted function already compiled keeps its own.
 
     On the CPU, "gpu" batches linear algebra, which can deadlock the CPU's thread pool
-    when several batched calls run at once: use it for small checks only.
+    when several batched calls run at once: use it for small checks only. On an
+    accelerator, "cpu" is refused (ValueError): the CPU's fused low-rank kernel is not
+    compiled for an accelerator (XLA:GPU did not finish compiling it in 140 s).
     """
     if backend not in ("cpu", "gpu", "tpu"):
         raise ValueError(f"backend must be 'cpu', 'gpu' or 'tpu', got {backend!r}")
+    if backend == "cpu" and jax.default_backend() != "cpu":
+        raise ValueError(f"measured_on('cpu') is refused on the {jax.default_backend()} backend: the CPU's fused "
+                         f"low-rank kernel is never compiled for an accelerator (XLA:GPU did not finish compiling "
+                         f"it in 140 s); run the CPU's choices on the CPU (JAX_PLATFORMS=cpu)")
     before = getattr(_override, "backend", None)
     _override.backend = backend
     try:
         yield
     finally:
         _override.backend = before
+
+
+def matmul_precision() -> str:
+    """The float32 matmul precision of gmmssl's computations: JAX's
+    ``jax_default_matmul_precision`` when set (globally, by ``JAX_DEFAULT_MATMUL_PRECISION``,
+    or in a ``jax.default_matmul_precision(...)`` block), else :data:`DEFAULT_PRECISION`.
+
+    Example:
+      >>> matmul_precision() if jax.config.jax_default_matmul_precision is None else "highest"
+      'highest'
+      >>> with jax.default_matmul_precision("default"):
+      ...     matmul_precision()
+      'default'
+    """
+    return jax.config.jax_default_matmul_precision or DEFAULT_PRECISION
+
+
+def with_matmul_precision(fn):
+    """Decorator: ``fn`` traced (and run) under :func:`matmul_precision`. JAX resolves a
+    matmul's precision when it is traced, and keys its compilation cache on the setting, so
+    this holds inside ``jit``, ``vmap`` and ``grad`` too."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with jax.default_matmul_precision(matmul_precision()):
+            return fn(*args, **kwargs)
+
+    return wrapper

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from gmmssl import fisher, metrics
 from gmmssl.augment import sample_pairs
-from gmmssl.backend import map_linalg
+from gmmssl.backend import map_linalg, with_matmul_precision
 from gmmssl.gmm import GMM, HeteroGMM, sample
 from gmmssl.train import HPARAM_RANGES, TrainConfig, diverged, hparam_ranges, init_params, make_hparams, train
 
@@ -32,6 +32,7 @@ __all__ = ["METRICS", "cell_hparams", "evaluate_methods", "make_compare_cell", "
 METRICS = ("fisher_capture", "fisher_efficiency", "ari", "effective_rank", "max_angle_deg")
 
 
+@with_matmul_precision
 def score_projector(key, a, gmm: GMM, fisher_basis, x_eval, c_eval, *, kmeans_restarts: int = 4) -> dict:
     """Every metric of one projector A (d, r) on held-out labelled points (x_eval, c_eval).
 
@@ -57,6 +58,7 @@ def _keys(key):
     return jax.random.split(key, 4)  # train, baseline sample, evaluation sample, k-means
 
 
+@with_matmul_precision
 def evaluate_methods(key, gmm: GMM, hparams: dict, config: TrainConfig, fisher_basis, learned: dict, *,
                      num_baseline: int = 2000, num_eval: int = 2000, kmeans_restarts: int = 4) -> dict:
     """Fits PCA, LDA and the spectral oracle and scores them beside the learned projectors.

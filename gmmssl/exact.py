@@ -30,6 +30,10 @@ minimizer has col(A) ⊆ Σ⁻¹ span{μ_j}. For centered means that span is S_F
 way to miss S_F is to drop a direction inside it. Near B_⊥ = 0,
 L = L(B_W) + ½⟨C, P⟩ + O(|P|²) with C = Σ_k π_k B_WᵀE_k[∇²f]B_W + (Σ_k π_k m_kᵀm_k + 2S_W)/τ²
 (:func:`perp_curvature`), f the log-sum-exp in y = zB_Wᵀ.
+
+Every public function here runs its matmuls at :func:`gmmssl.backend.matmul_precision`
+(float32, "highest", unless you set JAX's own ``jax_default_matmul_precision``): a GPU's
+TF32 default would round the objective and its certificates at ~1e-3.
 """
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ from jax.scipy.special import logsumexp
 
 from gmmssl._validate import check_choice, check_int, check_range
 from gmmssl.augment import MODES
+from gmmssl.backend import with_matmul_precision
 from gmmssl.gmm import GMM, HeteroGMM
 
 __all__ = ["GRAD_TOL", "HESS_TOL", "certificate", "certify", "exact_infonce", "exact_infonce_in_span", "gauss_hermite",
@@ -124,6 +129,7 @@ def _setup(gmm, delta, mode, temperature):
     return pair_law(gmm, delta, mode), jnp.log(gmm.weights)
 
 
+@with_matmul_precision
 def exact_infonce(a, gmm: GMM, delta, mode: str = "prior", temperature=1.0, *, level: int | None = None) -> jax.Array:
     """L(A) of the module docstring for a projector A (d, r) of full column rank.
 
@@ -154,6 +160,7 @@ def exact_infonce(a, gmm: GMM, delta, mode: str = "prior", temperature=1.0, *, l
     return lse + quad - positive
 
 
+@with_matmul_precision
 def span_basis(gmm: GMM, centered: bool | None = None) -> tuple[jax.Array, jax.Array]:
     """(L, U): the Cholesky factor of Σ and an orthonormal basis U (d, q) of the whitened
     means' span W = span{L⁻¹μ_j}. Its first m = K − 1 columns span the whitened centered
@@ -176,12 +183,14 @@ def span_basis(gmm: GMM, centered: bool | None = None) -> tuple[jax.Array, jax.A
     return chol, u
 
 
+@with_matmul_precision
 def span_projector(b, basis) -> jax.Array:
     """A = L^{-T} U b (d, r), the projector of span coordinates b (q, r)."""
     chol, u = basis
     return jax.scipy.linalg.solve_triangular(chol.T, u @ b, lower=False)
 
 
+@with_matmul_precision
 def exact_infonce_in_span(b, gmm: GMM, delta, mode: str = "prior", temperature=1.0, *, basis=None,
                           level: int | None = None) -> jax.Array:
     """L(A) for A = L^{-T} U b, b (q, r): every projector whose column space lies in
@@ -214,6 +223,7 @@ def exact_infonce_in_span(b, gmm: GMM, delta, mode: str = "prior", temperature=1
     return lse + quad - positive
 
 
+@with_matmul_precision
 def perp_curvature(b, gmm: GMM, delta, mode: str = "prior", temperature=1.0, *, basis=None,
                    level: int | None = None) -> jax.Array:
     r"""C (r, r): the curvature of L at A = L^{-T}Ub across the whitened means' span.
@@ -254,6 +264,7 @@ def _flat(f, shape):
     return lambda x: f(x.reshape(shape))
 
 
+@with_matmul_precision
 def newton(f, b0, iterations: int = 100):
     """Minimizes f from b0 by saddle-free Newton steps: p = −V|Λ|⁻¹Vᵀg over the Hessian's
     eigenpairs (|λ| floored at 1e-12·max|λ|, so saddles are left and the rotation zero
@@ -286,6 +297,7 @@ def newton(f, b0, iterations: int = 100):
     return x.reshape(shape)
 
 
+@with_matmul_precision
 def certificate(f, b, perp=None) -> dict:
     """The second-order certificate of a point b of f (q, r), f invariant to b → bQ.
 
@@ -321,6 +333,7 @@ def certificate(f, b, perp=None) -> dict:
             "perp_min_eig": perp_min, "certified": certified}
 
 
+@with_matmul_precision
 def certify(key, gmm: GMM, delta, r: int, mode: str = "prior", temperature=1.0, *, centered: bool = True,
             starts: int = 4, iterations: int = 100, level: int | None = None, init_scale: float = 0.5) -> dict:
     """Certified minimization of the exact InfoNCE objective over rank-r projectors.

@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from gmmssl import distributed, results, sweep
+from gmmssl.backend import matmul_precision, with_matmul_precision
 from gmmssl.sweep import Sweep
 
 __all__ = ["Experiment", "Part", "Run", "Sweep", "parse_overrides", "part_rows", "resolve_config",
@@ -226,6 +227,7 @@ def environment() -> dict:
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "x64": bool(jax.config.jax_enable_x64),
+        "matmul_precision": matmul_precision(),
     }
 
 
@@ -235,7 +237,7 @@ PENDING = ".pending.json"
 
 def run_digest(experiment_name: str, config: dict, numerics: dict) -> str:
     """The identity of a run's results: experiment, resolved config and numerics
-    (float width, backend, library versions); stored in config.json and verdict.json."""
+    (float width, matmul precision, backend, library versions); stored in config.json and verdict.json."""
     text = json.dumps({"experiment": experiment_name, "config": config, "numerics": numerics},
                       sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -293,6 +295,7 @@ def _clear(out_dir: Path) -> None:
     shutil.rmtree(out_dir / ".staging", ignore_errors=True)
 
 
+@with_matmul_precision
 def run_experiment(experiment: Experiment, out_dir, overrides: Mapping[str, Any] | None = None,
                    progress: Callable[[str], None] | None = None, resume: bool = False,
                    chunk_size: int | None = None, budget_bytes: int | None = None, *, overwrite: bool = False,
@@ -310,7 +313,7 @@ def run_experiment(experiment: Experiment, out_dir, overrides: Mapping[str, Any]
     digest; a folder whose two differ is not a finished run.
 
     Finished work is protected: a folder (locked while a run uses it) that holds another
-    experiment, config or numerics (float width, backend, library versions) is refused
+    experiment, config or numerics (float width, matmul precision, backend, library versions) is refused
     unless ``overwrite``; one that holds the same config resumes from its stored chunks
     (``resume`` says so explicitly; ``overwrite`` recomputes everything).
 

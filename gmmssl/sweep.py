@@ -35,8 +35,8 @@ step (:func:`gmmssl.distributed.on_leader`).
 Storage and resumability: each finished chunk is written atomically (temporary file,
 then rename) to ``chunk_<first>-<end>.npz`` in the output folder. Beside its outputs it
 holds the indices of the grid cells it covers and a digest of :func:`store_fingerprint`
-(the grid axes, the caller's config, the float width, the backend and the library
-versions); ``sweep.json`` holds the fingerprint itself. With ``resume=True`` a stored
+(the grid axes, the caller's config, the float width, the float32 matmul precision, the
+backend and the library versions); ``sweep.json`` holds the fingerprint itself. With ``resume=True`` a stored
 cell is reused only when its file is readable, carries this digest, and its name, its
 cell index and its arrays agree; anything else is set aside (``*.rejected``, one line
 naming it) and recomputed, never loaded onto other cells. Resuming with another chunk
@@ -68,7 +68,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gmmssl import distributed
 from gmmssl._validate import check_range
-from gmmssl.backend import cpu_measures, map_linalg
+from gmmssl.backend import cpu_measures, map_linalg, matmul_precision
 from gmmssl.results import atomic_write
 
 __all__ = ["GridTooLarge", "Sweep", "choose_chunk_size", "default_budget_bytes", "diff_keys", "estimate_cell_bytes",
@@ -221,29 +221,24 @@ _CELLS, _KEY = "#cells", "#key"  # reserved entries of a chunk file (output keys
 
 
 def numerics() -> dict:
-    """What changes the numbers beside the config: the float width, the backend and the
-    library versions (part of every stored chunk's and run's fingerprint)."""
+    """What changes the numbers beside the config: the float width, the float32 matmul
+    precision (:func:`gmmssl.backend.matmul_precision`), the backend and the library
+    versions (part of every stored chunk's and run's fingerprint)."""
     import jaxlib
 
     import gmmssl
 
-    return {"x64": bool(jax.config.jax_enable_x64), "backend": jax.default_backend(), "jax": jax.__version__,
-            "jaxlib": jaxlib.__version__, "numpy": np.__version__, "gmmssl": gmmssl.__version__}
+    return {"x64": bool(jax.config.jax_enable_x64), "matmul_precision": matmul_precision(),
+            "backend": jax.default_backend(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+            "numpy": np.__version__, "gmmssl": gmmssl.__version__}
 
 
 def store_fingerprint(axes: dict, fingerprint: dict | None = None) -> dict:
     """What a stored chunk must match to be reused: the grid axes, the caller's fingerprint
-    (the resolved config), and what changes the numbers beside them: the float width,
-    the backend and the library versions."""
-    import jaxlib
-
-    import gmmssl
-
+    (the resolved config), and what changes the numbers beside them (:func:`numerics`)."""
     return {"axes": _jsonable({k: list(v) for k, v in axes.items()}),
             "fingerprint": _jsonable(fingerprint or {}),
-            "numerics": {"x64": bool(jax.config.jax_enable_x64), "backend": jax.default_backend(),
-                         "jax": jax.__version__, "jaxlib": jaxlib.__version__, "numpy": np.__version__,
-                         "gmmssl": gmmssl.__version__}}
+            "numerics": numerics()}
 
 
 def _digest(manifest: dict) -> str:
@@ -493,6 +488,8 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
     mesh = Mesh(np.array(devices), ("grid",))
     grid_sharding = NamedSharding(mesh, PartitionSpec("grid"))
 
+    # every phase traced under the precision the fingerprint records (gmmssl.backend)
+    precision = manifest["numerics"]["matmul_precision"]
     train = jax.jit(jax.vmap(spec.train_fn))
 
     def per_cell(fn):
@@ -524,8 +521,9 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
             chunk_start = time.perf_counter()
             idx = np.arange(lo, lo + chunk) % size  # pad the last chunk by wrapping around
             cells = {n: jax.device_put(_host_array(v[idx]), grid_sharding) for n, v in grid.items()}
-            data = prepare(cells)
-            result = evaluate(cells, data, train(cells, data))
+            with jax.default_matmul_precision(precision):
+                data = prepare(cells)
+                result = evaluate(cells, data, train(cells, data))
             if jax.process_count() > 1:
                 from jax.experimental import multihost_utils
                 result = multihost_utils.process_allgather(result, tiled=True)

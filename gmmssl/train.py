@@ -37,6 +37,7 @@ import optax
 from gmmssl import losses, projectors
 from gmmssl._validate import check_choice, check_int, check_range
 from gmmssl.augment import MODES, sample_pairs
+from gmmssl.backend import with_matmul_precision
 from gmmssl.data import Dataset, sample_dataset_pairs
 from gmmssl.gmm import GMM, HeteroGMM, MultiModalGMM, sample_multimodal
 from gmmssl.metrics import fisher_capture
@@ -527,6 +528,7 @@ def learning_rate_schedule(config: TrainConfig, peak):
     return optax.cosine_decay_schedule(peak, config.steps, alpha=config.final_lr_fraction)
 
 
+@with_matmul_precision
 def train(key, gmm: GMM, hparams: dict, config: TrainConfig, fisher_basis=None) -> TrainResult:
     """Trains one projector; pure in (key, gmm, hparams, fisher_basis), static in config.
 
@@ -539,6 +541,11 @@ def train(key, gmm: GMM, hparams: dict, config: TrainConfig, fisher_basis=None) 
         ``Objective.hparams``); missing ones take defaults.
       config: static :class:`TrainConfig`.
       fisher_basis: optional (d, m) basis; when given, the history records capture.
+
+    Its matmuls (the user's objective's included) run at
+    :func:`gmmssl.backend.matmul_precision`: float32 on every chip unless you set JAX's
+    ``jax_default_matmul_precision`` (a GPU's TF32 default, say, by
+    ``with jax.default_matmul_precision("default"):`` around the call or its jit).
 
     Returns:
       :class:`TrainResult`. Concrete hyper-parameters out of range raise ValueError here;

@@ -1,6 +1,7 @@
 """The benchmarks run at a tiny size and write well-formed output (their figures are not asserted)."""
 import json
 
+import jax
 import pytest
 
 from gmmssl.cli import main
@@ -14,13 +15,17 @@ def test_bench_device_quick_writes_json_and_markdown(tmp_path):
     assert main(["bench", "device", "--quick", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "bench.json").read_text())
     env = report["environment"]
-    assert env["backend"] == "cpu" and env["device_kind"] and env["device_count"] >= 1
+    assert env["backend"] == jax.default_backend() and env["device_kind"] and env["device_count"] >= 1
     assert report["kernels"]["matmul_peak"]["flops_per_s"] > 0
     for row in report["kernels"]["rows"]:
         assert row["median_s"] > 0 and row["compile_s"] > 0 and 0 < row["fraction_of_peak"]
     assert {r["loss"] for r in report["kernels"]["rows"]} >= {"infonce", "simsiam", "infonce_population"}
     methods = {r["method"] for r in report["sweep"]["rows"]}
     assert methods - {"torch_loop"} == {"grid", "loop_models", "loop_steps"}  # torch only when installed
+    # the grid at gmmssl's float32 matmul precision and at the chip's default, side by side
+    assert sorted((r["G"], r["precision"]) for r in report["sweep"]["rows"] if r["method"] == "grid") == \
+        [(1, "default"), (1, "highest"), (4, "default"), (4, "highest")]
+    assert "| precision |" in (tmp_path / "bench.md").read_text()
     pancakes = report["pancakes"]
     assert pancakes["num_cells"] == 6 and pancakes["wall_s"] > 0 and pancakes["num_claims"] > 0
     assert pancakes["claims_passed"] == pancakes["num_claims"] and pancakes["verdict"] is True
