@@ -47,7 +47,7 @@ from gmmssl.evaluate import make_compare_cell
 from gmmssl.experiment import Experiment, Run, part_rows
 from gmmssl.gmm import random_gmm
 from gmmssl.sweep import Sweep, estimate_cell_bytes
-from gmmssl.train import TrainConfig, check_setup, train
+from gmmssl.train import TrainConfig, check_setup, train, validate_hparams
 
 LOSS = "infonce_population"
 EXACT = "exact"
@@ -136,6 +136,11 @@ def validate(config: dict) -> None:
     check_range("dirichlet", config["dirichlet"], 0.0, math.inf, low_open=True, high_open=True)
     check_int("candidates", config["candidates"], low=0)
     check_int("rerun_factor", config["rerun_factor"], low=1)
+    # the sampled trainer's settings, whichever view runs (config.json records them all)
+    r = k - 1 + check_int("extra_rank", config["extra_rank"], low=0)
+    TrainConfig(r=r, batch_size=config["batch_size"], steps=config["steps"], loss=LOSS, mode=config["mode"],
+                log_every=config["log_every"]).validate(config["d"])
+    validate_hparams({"learning_rate": config["learning_rate"], "temperature": config["temperature"]})
 
 
 def build_grid(config: dict, seeds) -> Sweep:

@@ -33,7 +33,7 @@ from gmmssl.evaluate import cell_hparams
 from gmmssl.experiment import Experiment, Run
 from gmmssl.gmm import sample
 from gmmssl.sweep import Sweep, estimate_cell_bytes
-from gmmssl.train import TrainConfig, check_setup, diverged, init_params, train, validate_hparams
+from gmmssl.train import TrainConfig, check_setup, divergence, init_params, train, validate_hparams
 
 STATIC_KEYS = ("mixture", "d", "num_components", "r", "depth", "width", "activation", "loss", "batch_size", "steps")
 DEFAULTS = {
@@ -118,9 +118,10 @@ def build(config: dict) -> Sweep:
             jac = projectors.jacobians({"A": a}, x[:n_jac])
             energy = [projectors.jacobian_share(jac, basis, cov) for cov in (gmm.total_cov, None)]
             out[name] = _readouts(keys[3], x @ a, c, half, k, energy, bayes)
-        failed = diverged(trained)
+        code = divergence(trained)
+        failed = code > 0
         for name, scores in out.items():
-            scores["diverged"] = failed if name == config["loss"] else jnp.asarray(False)
+            scores["diverged"] = code if name == config["loss"] else jnp.asarray(0, jnp.int32)
             if name == config["loss"]:
                 scores.update({m: jnp.where(failed, jnp.nan, v) for m, v in scores.items() if m != "diverged"})
         return {"metrics": out, "projectors": {config["loss"]: params, **linear}}

@@ -124,4 +124,5 @@ def report(run):
 
 EXPERIMENT = Experiment(name="real", description="Real data (scikit-learn digits, or your own features): InfoNCE "
                         "with AeD(δ) from the true classes against LDA and PCA.",
-                        defaults=DEFAULTS, build=build, claims=claims, figures=figures, report=report)
+                        defaults=DEFAULTS, build=build, claims=claims, figures=figures, report=report,
+                        inputs=("features",))

@@ -1,9 +1,12 @@
 """The command line: ``gmmssl list`` and ``gmmssl run NAME [--out DIR] [--set KEY=VALUE ...]``.
 
 Exit statuses of ``run``: 0 done; 1 invalid (diverged) cells, or a failed claim with
-``--strict``; 2 refused (bad input, another config in ``--out``, a full disk); 3 another
-process of a distributed run died (``--coordinator``; see :mod:`gmmssl.distributed`).
-Every process of a distributed run exits with the same status."""
+``--strict``; 2 refused (bad input, another config in ``--out``, a full disk; in a
+distributed run also processes started with other arguments, config or libraries, and a
+run whose processes could not connect); 3 another process of a distributed run died or
+stopped answering (``--coordinator``; see :mod:`gmmssl.distributed`); 130 interrupted
+(Ctrl-C: the finished chunks are kept for ``--resume``). Each is one line on standard
+error. Every process of a distributed run that ends normally exits with the same status."""
 from __future__ import annotations
 
 import argparse
@@ -68,6 +71,8 @@ def _parser():
     dist.add_argument("--process-id", type=int, default=None, metavar="I", help="this process, 0 … N-1")
     dist.add_argument("--heartbeat-timeout", type=int, default=100, metavar="S",
                       help="seconds before a silent process fails the run (default 100)")
+    dist.add_argument("--connect-timeout", type=int, default=60, metavar="S",
+                      help="seconds to wait for every process to connect at the start (default 60)")
     return p
 
 
@@ -102,6 +107,13 @@ def _stdout_silenced():
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _main(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line, what was kept, status 130
+        return _interrupted(args)
+
+
+def _main(args) -> int:
     import gmmssl.experiments as experiments
 
     if args.command == "list":
@@ -126,45 +138,162 @@ def main(argv=None) -> int:
 
     from gmmssl import distributed
 
+    where = (args.coordinator, args.num_processes, args.process_id)
     try:
-        many = distributed.initialize(args.coordinator, args.num_processes, args.process_id,
-                                      heartbeat_timeout_s=args.heartbeat_timeout)
+        distributed.check_arguments(*where, heartbeat_timeout_s=args.heartbeat_timeout,
+                                    initialization_timeout_s=args.connect_timeout)
     except ValueError as err:
         return _error(err)
-    except RuntimeError as err:  # JAX's own (JaxRuntimeError is one): no coordinator, a timeout
-        return _error(f"could not start the distributed run: {str(err).splitlines()[0][:300]}")
-    if not many:
+    if not distributed.requested(*where):
         return _run(args)
-    # every process runs the grid; process 0 alone prints, reads and writes (gmmssl.distributed)
+    # JAX's runtime aborts a process whose peer died: the work runs in a child whose end is one line
+    status, line = distributed.run_supervised(
+        lambda: _distributed(args), connect_timeout_s=args.connect_timeout,
+        resume_hint=f"the finished chunks are kept in {_chunks(args)} on process 0's host: rerun the same command "
+                    f"with --resume")
+    if line is not None:
+        _error(line)
+    return status
+
+
+def _distributed(args) -> int:
+    """One process of a distributed run: joins it, checks that every process was started
+    alike, runs; process 0 alone prints, reads and writes (gmmssl.distributed)."""
     import jax
 
+    from gmmssl import distributed
+
+    try:
+        many = distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                                      heartbeat_timeout_s=args.heartbeat_timeout,
+                                      initialization_timeout_s=args.connect_timeout)
+    except ValueError as err:
+        return _error(err)
+    except RuntimeError as err:  # JAX's own (JaxRuntimeError is one): the port in use, no coordinator
+        return _error(f"could not start the distributed run: {str(err).splitlines()[0][:300]}"
+                      f"{_jax_log_cause()}; nothing was run")
+    if not many:
+        return _run(args)
     quiet = contextlib.nullcontext() if distributed.is_leader() else _stdout_silenced()
     try:
         with quiet:
-            status = _run(args)
+            try:
+                distributed.agree(lambda: _command(args), "the command")
+            except ValueError as err:
+                status = _error(err)
+            else:
+                status = _run(args)
+        return distributed.agree_status(status)
     except jax.errors.JaxRuntimeError as err:  # a collective failed: another process died or stalled
+        log = f" (JAX's log: {distributed.log_path()})" if distributed.log_path() else ""
         _error(f"process {distributed.process_index()} of {distributed.process_count()}: a collective failed "
-               f"({str(err).splitlines()[0][:200]}); another process probably died. Finished chunks are kept: "
-               f"rerun the same command with --resume")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(3)  # not sys.exit: JAX's shutdown barrier would wait for the dead process
-    return distributed.agree_status(status)
+               f"({str(err).splitlines()[0][:200]}){log}; another process probably died. The finished chunks are "
+               f"kept in {_chunks(args)} on process 0's host: rerun the same command with --resume")
+        distributed.exit_now(3)  # not sys.exit: JAX's shutdown barrier would wait for the dead process
+    except KeyboardInterrupt:
+        _interrupted(args)
+        distributed.exit_now(130)
+    return 3  # not reached
+
+
+def _jax_log_cause() -> str:
+    from gmmssl import distributed
+
+    log = distributed.log_path()
+    try:
+        with open(log or "", errors="replace") as f:
+            cause = distributed._cause(f.read())
+    except OSError:
+        return ""
+    return f" ({cause})" if cause else ""
+
+
+def _command(args) -> dict:
+    """What every process of a distributed run must share: the experiment, its settings,
+    the arguments that change the work or its outcome (not --out: process 0's alone is
+    used), and the code and libraries (:func:`gmmssl.experiment.environment`,
+    :func:`gmmssl.sweep.numerics`)."""
+    from gmmssl import sweep
+    from gmmssl.experiment import environment
+
+    sets = {}
+    for item in args.overrides:
+        key, _, value = item.partition("=")
+        sets[key.strip()] = value.strip()
+    flags = ("resume", "overwrite", "chunk_size", "budget_mb", "yes", "max_hours", "strict")
+    return {"experiment": args.name, "--set": sets,
+            **{"--" + flag.replace("_", "-"): getattr(args, flag) for flag in flags},
+            "environment": {**environment(), **sweep.numerics()}}
+
+
+def _chunks(args) -> Path:
+    """Where a run keeps its finished chunks."""
+    if args.name == "all":
+        return Path(args.out or "results") / "*" / "chunks"
+    return Path(args.out or Path("results") / args.name) / "chunks"
+
+
+def _interrupted(args) -> int:
+    """Ctrl-C: one line saying what was kept and how to go on; status 130."""
+    import jax
+
+    if getattr(args, "command", None) != "run":
+        print("gmmssl: interrupted", file=sys.stderr, flush=True)
+        return 130
+    chunks = _chunks(args)
+    if jax.distributed.is_initialized() and jax.process_index() != 0:
+        done = None  # process 0's folder
+    else:
+        pattern = "*/chunks/*/chunk_*.npz" if args.name == "all" else "chunks/*/chunk_*.npz"
+        done = len(list(chunks.parent.parent.glob(pattern) if args.name == "all" else chunks.parent.glob(pattern)))
+    if done == 0:
+        line = "no chunk had finished, nothing is kept: rerun the same command to start again"
+    else:
+        kept = f"{done} finished chunk(s) kept in {chunks}" if done else f"process 0 keeps the finished chunks in {chunks}"
+        line = f"{kept}: rerun the same command with --resume to continue from them"
+    print(f"gmmssl: interrupted; {line}", file=sys.stderr, flush=True)
+    return 130
+
+
+def _identity(exp, config) -> dict:
+    """The run's identity as :func:`gmmssl.experiment.run_experiment` records it: the
+    resolved config, the digests of its input files and the run digest (which covers the
+    numerics: float width, precision, backend, versions, gmmssl's source)."""
+    import jax
+
+    from gmmssl import experiment, sweep
+
+    with jax.enable_x64(True) if exp.x64 else contextlib.nullcontext():
+        numerics = sweep.numerics()
+    config = experiment._jsonable_config(config)
+    inputs = experiment.input_digests(exp, config)
+    return {"config": config, "inputs": inputs, "run": experiment.run_digest(exp.name, config, numerics, inputs)}
 
 
 def _run(args) -> int:
+    import jax
+
     import gmmssl.experiments as experiments
-    from gmmssl import distributed
-    from gmmssl.experiment import parse_overrides, resolve_config, run_experiment
+    from gmmssl import distributed, sweep
+    from gmmssl.experiment import parse_overrides, run_experiment, validate_experiment
 
     if args.name == "all":
         return _run_all(args)
 
-    try:
+    many = jax.distributed.is_initialized() and distributed.process_count() > 1
+    agreed_budget = None
+    if many and args.budget_mb is None:  # one chunk size on every process: the smallest host's default budget
+        agreed_budget = min(distributed.allgather(sweep.default_budget_bytes()))
+
+    def prepare():
         exp = experiments.get(args.name)
         overrides = parse_overrides(args.overrides)
-        resolve_config(exp, overrides)
-        budget = _budget(args.budget_mb)
+        budget = _budget(args.budget_mb) or agreed_budget
+        config = validate_experiment(exp, overrides, budget_bytes=budget)
+        return exp, overrides, budget, _identity(exp, config) if many else None
+
+    try:  # in a distributed run: every process's run identity equal, or every process refuses
+        exp, overrides, budget, _ = distributed.agree(prepare, "the run's identity", key=lambda v: v[3])
     except ValueError as err:
         return _error(err)
     out = Path(args.out or Path("results") / args.name)
@@ -184,10 +313,10 @@ def _run(args) -> int:
     print(f"{cells} cells in {len(run.parts)} static configuration(s), {run.seconds:.1f}s "
           f"(compilation included{f'; {reused} cells reused from stored chunks' if reused else ''})\n")
     print(exp.report(run))
-    invalid, diverged = results.invalid_rows(run.rows), results.count_diverged(run.rows)
+    invalid = results.invalid_rows(run.rows)
     if invalid:
-        print(f"\nWARNING: {len(invalid)} of {len(run.rows)} rows are invalid ({diverged} diverged: training left "
-              f"non-finite values); their metrics are NaN and no claim is scored (column 'diverged' of results.csv)")
+        print(f"\nWARNING: {len(invalid)} of {len(run.rows)} rows are invalid ({results.divergence_summary(run.rows)}); "
+              f"their metrics are NaN and no claim is scored (column 'diverged' of results.csv)")
     print("\nverdict:")
     for c in run.claims:
         note = f" [{c.note}]" if c.note and c.scored else ""
@@ -212,7 +341,7 @@ def _run_all(args) -> int:
     import time
 
     import gmmssl.experiments as experiments
-    from gmmssl.experiment import parse_overrides
+    from gmmssl.experiment import parse_overrides, validate_experiment
 
     start = time.perf_counter()
     status = 0
@@ -226,10 +355,22 @@ def _run_all(args) -> int:
     if unknown:
         return _error(f"--set {', '.join(unknown)}: no experiment knows this key; valid keys: "
                       f"{', '.join(sorted(known_anywhere))}")
+    def known_to(exp):
+        return [o for o in args.overrides if o.split("=", 1)[0].strip() in exp.defaults
+                or (exp.presets and o.split("=", 1)[0].strip() == "scale")]
+
+    refused = []  # every experiment's config checked before any starts
+    for name, exp in experiments.REGISTRY.items():
+        try:
+            validate_experiment(exp, parse_overrides(known_to(exp)), budget_bytes=_budget(args.budget_mb))
+        except ValueError as err:
+            refused.append(f"{name}: {err}")
+    if refused:
+        more = f" (and {len(refused) - 1} more experiment(s) refuse their settings)" if len(refused) > 1 else ""
+        return _error(f"run all: nothing started: {refused[0]}{more}")
     for name in experiments.REGISTRY:
         exp = experiments.REGISTRY[name]
-        known = [o for o in args.overrides if o.split("=", 1)[0].strip() in exp.defaults
-                 or (exp.presets and o.split("=", 1)[0].strip() == "scale")]
+        known = known_to(exp)
         sub = ["run", name, "--out", str(Path(args.out or "results") / name), *sum((["--set", o] for o in known), [])]
         flags = [f for f, on in (("--strict", args.strict), ("--resume", args.resume), ("--overwrite", args.overwrite),
                                  ("--yes", args.yes)) if on]

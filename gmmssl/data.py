@@ -18,6 +18,8 @@ pair ``X.npy``/``y.npy`` in a folder, and validates them.
 """
 from __future__ import annotations
 
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -67,7 +69,10 @@ class Dataset:
     """
 
     def __init__(self, x, y, *, standardize: bool = True):
-        x = np.asarray(x, dtype=np.float64)
+        x = np.asarray(x)
+        if x.dtype.kind not in "iuf":  # complex (its imaginary part), strings, objects: never coerced
+            raise ValueError(f"X must hold real numbers, got dtype {x.dtype}")
+        x = x.astype(np.float64)
         y = np.asarray(y)
         if x.ndim != 2:
             raise ValueError(f"X must be a (n, d) array, got shape {x.shape}")
@@ -136,24 +141,62 @@ def sample_dataset_pairs(key, data: Dataset, n: int, delta):
 
 
 def load_features(path) -> Dataset:
-    """Reads features and labels: a ``.npz`` with arrays X and y, or a folder with X.npy and y.npy."""
+    """Reads features and labels: a ``.npz`` with arrays X and y, or a folder with X.npy and y.npy.
+
+    Every problem with the file is a ValueError naming it: missing, truncated or damaged
+    (not a readable ``.npz``/``.npy``), object arrays, labels that are not integers (such
+    as strings: map them to 0..K−1 first), or features and labels that
+    :class:`Dataset` refuses."""
     path = Path(path)
     if path.is_dir():
         files = {"X": path / "X.npy", "y": path / "y.npy"}
         missing = [str(f) for f in files.values() if not f.exists()]
         if missing:
             raise ValueError(f"feature folder {path} must hold X.npy and y.npy; missing {missing}")
-        x, y = np.load(files["X"]), np.load(files["y"])
+        x, y = _load_array(files["X"]), _load_array(files["y"])
+        x_file, y_file, where = files["X"], files["y"], f"{files['X']} and {files['y']}"
     elif path.suffix == ".npz" and not path.exists():
         raise ValueError(f"features file {str(path)!r} does not exist")
     elif path.suffix == ".npz":
-        with np.load(path) as f:
-            if "X" not in f.files or "y" not in f.files:
-                raise ValueError(f"{path} must hold arrays 'X' and 'y', found {f.files}")
-            x, y = f["X"], f["y"]
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                if "X" not in f.files or "y" not in f.files:
+                    raise ValueError(f"{path} must hold arrays 'X' and 'y', found {f.files}")
+                x, y = f["X"], f["y"]
+        except _UNREADABLE as err:
+            raise ValueError(_unreadable(path, err)) from None
+        x_file = y_file = where = path
     else:
         raise ValueError(f"features must be a .npz file or a folder with X.npy and y.npy, got {str(path)!r}")
-    return Dataset(x, y)
+    if y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.all(np.mod(y, 1) == 0)):
+        raise ValueError(f"{y_file}: y must hold integer class labels 0..K−1, got dtype {y.dtype}"
+                         + (" (strings: map them to integers first)" if y.dtype.kind in "SU" else ""))
+    if x.dtype.kind not in "iuf":
+        raise ValueError(f"{x_file}: X must hold real numbers, got dtype {x.dtype}")
+    try:
+        return Dataset(x, y)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+
+
+_UNREADABLE = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error)
+
+
+def _unreadable(path, err) -> str:
+    if isinstance(err, ValueError) and str(err).startswith(str(path)):  # ours: it names the file already
+        return str(err)
+    return f"{path}: cannot be read as numpy arrays, it may be truncated or damaged ({type(err).__name__}: {err})"
+
+
+def _load_array(path) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except _UNREADABLE as err:
+        raise ValueError(_unreadable(path, err)) from None
+    if not isinstance(array, np.ndarray):  # an .npz archive under a .npy name
+        array.close()
+        raise ValueError(f"{path}: holds an .npz archive, not one array (save it with np.save)")
+    return array
 
 
 def load_digits() -> Dataset:

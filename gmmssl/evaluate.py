@@ -25,9 +25,10 @@ from gmmssl import fisher, metrics
 from gmmssl.augment import sample_pairs
 from gmmssl.backend import map_linalg, with_matmul_precision
 from gmmssl.gmm import GMM, HeteroGMM, sample
-from gmmssl.train import HPARAM_RANGES, TrainConfig, diverged, hparam_ranges, init_params, make_hparams, train
+from gmmssl.train import HPARAM_RANGES, TrainConfig, divergence, hparam_ranges, init_params, make_hparams, train
 
-__all__ = ["METRICS", "cell_hparams", "evaluate_methods", "make_compare_cell", "score_projector"]
+__all__ = ["METRICS", "cell_hparams", "estimate_eval_bytes", "evaluate_methods", "make_compare_cell",
+           "score_projector"]
 
 METRICS = ("fisher_capture", "fisher_efficiency", "ari", "effective_rank", "max_angle_deg")
 
@@ -117,6 +118,31 @@ def evaluate_methods(key, gmm: GMM, hparams: dict, config: TrainConfig, fisher_b
     return {"metrics": scores, "projectors": projectors}
 
 
+def estimate_eval_bytes(d: int, r: int, num_components: int, *, num_baseline: int = 2000, num_eval: int = 2000,
+                        num_methods: int = 6, kmeans_restarts: int = 4, itemsize: int = 4) -> dict[str, int]:
+    """Bytes one method-comparison cell holds beside training, by the setting that sizes them.
+
+    Add :func:`gmmssl.sweep.estimate_cell_bytes` (training) for the cell's estimate. The
+    terms, in elements of ``itemsize`` bytes (K = ``num_components``, M = ``num_methods``):
+
+    * "d": 12·d² + K·d, the mixture (its covariance, Cholesky factor and total covariance,
+      the K means) and the d×d matrices of the fits (PCA's covariance and eigenvectors,
+      LDA's and the oracle's scatter, whitening and eigenvector matrices);
+    * "num_baseline": (2d + 1)·num_baseline, the baseline sample's two views and labels;
+    * "num_eval": (d + 1)·num_eval + M·num_eval·(r + K·(restarts + 2)), the evaluation
+      sample and its labels, and, for the methods scored together (vmapped off the CPU),
+      their projections, the k-means distances of every restart and the Bayes
+      log-likelihoods.
+
+    Returns:
+      {"d": bytes, "num_baseline": bytes, "num_eval": bytes}.
+    """
+    k = num_components
+    return {"d": int((12 * d * d + k * d) * itemsize),
+            "num_baseline": int((2 * d + 1) * num_baseline * itemsize),
+            "num_eval": int(((d + 1) + num_methods * (r + k * (kmeans_restarts + 2))) * num_eval * itemsize)}
+
+
 def cell_hparams(cell: dict, config: TrainConfig | None = None) -> dict:
     """The hyper-parameters among a cell's values (the others take their defaults): the
     built-in ones and those of ``config``'s objective."""
@@ -138,9 +164,9 @@ def make_compare_cell(mixture_fn, config: TrainConfig, num_directions: int | Non
     :data:`gmmssl.train.HPARAM_RANGES` (the others keep their defaults), plus whatever
     mixture_fn reads. Outputs: "metrics" and "projectors" per method and the trainer's
     "history". Method "init" is the trainer's starting projector (random): the chance
-    reference. Every method gets "diverged" (True for the learned projector when its
-    training left non-finite values, :func:`gmmssl.train.diverged`; its metrics are then
-    NaN).
+    reference. Every method gets "diverged": for the learned projector the code of
+    :func:`gmmssl.train.divergence` (0 trained; 1 non-finite values, 2 a loss blown up over
+    100-fold, 3 parameters that did not move: its metrics are then NaN), 0 for the others.
     """
 
     def prepare_fn(cell):
@@ -156,13 +182,14 @@ def make_compare_cell(mixture_fn, config: TrainConfig, num_directions: int | Non
         key = jax.random.PRNGKey(cell["seed"])
         gmm = data["gmm"]
         start = init_params(_keys(key)[0], gmm, config)["A"]
-        failed = diverged(trained)
+        code = divergence(trained)
+        failed = code > 0
         a = jnp.where(failed, jnp.nan, trained.params["A"])  # a diverged run scores NaN, never 0
         name = config.loss_name
         learned = {name: a, "init": start}
         out = evaluate_methods(key, gmm, {**make_hparams(config), **cell_hparams(cell, config)}, config, data["fisher"], learned, **kwargs)
         for method, scores in out["metrics"].items():
-            scores["diverged"] = failed if method == name else jnp.asarray(False)
+            scores["diverged"] = code if method == name else jnp.asarray(0, jnp.int32)
         out["metrics"][name]["final_loss"] = trained.history["loss"][-1]
         capture = trained.history["fisher_capture"]
         out["metrics"][name]["capture_at_quarter"] = capture[max(capture.shape[0] // 4 - 1, 0)]

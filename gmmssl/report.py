@@ -3,49 +3,157 @@
 Every verdict in the report is recomputed from the ``results.csv`` beside it (through the
 experiment's own claims, on rows read back from the file), not copied from a verdict
 file, and the report says when the two disagree. Figures are copied into docs/figures/.
+
+A folder is read only when it is trustworthy, else the report is refused (ValueError, one
+line naming the file, nothing written): its config.json names the experiment the folder
+is read for, holds the keys the report reads, and results.csv has the row count and the
+sha256 that verdict.json recorded when the run finished (a file edited, truncated or
+extended afterwards is refused; so is a verdict.json written before gmmssl recorded the
+digest), and the experiment's claims can be computed from its rows (every column they
+read is there).
 """
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from gmmssl import results
 
-__all__ = ["finished_problem", "recompute_claims", "write_open_questions", "write_report"]
+__all__ = ["check_run", "finished_problem", "recompute_claims", "write_open_questions", "write_report"]
 
 
 def finished_problem(out_dir) -> str | None:
     """None when ``out_dir`` holds one finished run (results.csv, config.json and
-    verdict.json, the last two with the same run digest); otherwise why not."""
+    verdict.json, the last two readable JSON objects with the same run digest); otherwise
+    why not. Whether a finished run can be trusted is :func:`check_run`'s question."""
     out_dir = Path(out_dir)
     missing = [f for f in ("results.csv", "config.json", "verdict.json") if not (out_dir / f).exists()]
     if missing:
         return f"no finished run ({', '.join(missing)} missing)"
     try:
-        config = json.loads((out_dir / "config.json").read_text())
-        verdict = json.loads((out_dir / "verdict.json").read_text())
+        config = results.read_json(out_dir / "config.json")
+        verdict = results.read_json(out_dir / "verdict.json")
     except ValueError as err:
-        return f"unreadable config.json or verdict.json ({err})"
-    if config.get("run") is None or config.get("run") != verdict.get("run"):
+        return f"unreadable: {err}"
+    if config.get("run") is None:
+        return f"{out_dir / 'config.json'} records no run digest (an older layout or a damaged file)"
+    if config.get("run") != verdict.get("run"):
         return "config.json and verdict.json belong to different runs"
     return None
 
 
-def recompute_claims(experiment, out_dir: Path):
-    """The experiment's claims evaluated on the rows read back from out_dir/results.csv
-    (a grid with invalid rows scores none, :func:`gmmssl.results.guard_claims`)."""
-    from gmmssl.experiment import Part, Run
+CONFIG_KEYS = {"experiment": str, "config": dict, "environment": dict}  # what the report reads of config.json
+VERDICT_KEYS = {"num_rows": int, "claims": list}
 
+
+def _lacking(obj: dict, keys: dict) -> list[str]:
+    return [k for k, kind in keys.items() if not isinstance(obj.get(k), kind) or isinstance(obj.get(k), bool)]
+
+
+def check_run(experiment, out_dir) -> tuple[dict, dict, list[dict]]:
+    """(config.json, verdict.json, the rows of results.csv) of the finished run in
+    ``out_dir``, read for ``experiment``; a ValueError naming the file and what is wrong
+    when it is not finished (:func:`finished_problem`), holds another experiment, lacks
+    what the report reads (an older layout), or results.csv is not the file the run wrote
+    (its row count or sha256 differs from verdict.json's, or verdict.json has no digest)."""
+    out_dir = Path(out_dir)
     problem = finished_problem(out_dir)
     if problem is not None:
         raise ValueError(f"{out_dir}: {problem}")
-    meta = json.loads((out_dir / "config.json").read_text())
-    rows = results.read_csv(out_dir / "results.csv")
+    meta = results.read_json(out_dir / "config.json")
+    verdict = results.read_json(out_dir / "verdict.json")
+    lacking = _lacking(meta, CONFIG_KEYS) + [f"environment.{k}" for k in ("backend", "jax")
+                                              if isinstance(meta.get("environment"), dict)
+                                              and k not in meta["environment"]]
+    static = meta.get("static")
+    if static is not None and not (isinstance(static, list) and all(isinstance(s, dict) for s in static)):
+        lacking.append("static (a list of objects)")
+    if lacking:
+        raise ValueError(f"{out_dir / 'config.json'}: lacks {', '.join(lacking)} (an older layout or a damaged "
+                         f"file): rerun the experiment to report it")
+    if meta["experiment"] != experiment.name:
+        raise ValueError(f"{out_dir} holds a run of experiment {meta['experiment']!r} (its config.json), "
+                         f"not {experiment.name!r}: a folder results/NAME must hold a run of NAME; move it, or replace "
+                         f"it (gmmssl run {experiment.name} --out {out_dir} --overwrite)")
+    if "results_sha256" not in verdict:
+        raise ValueError(f"{out_dir / 'verdict.json'}: records no digest of results.csv (written by an older "
+                         f"gmmssl), so the rows beside it cannot be verified: rerun the experiment to report it")
+    lacking = _lacking(verdict, VERDICT_KEYS)
+    if lacking or not all(isinstance(c, dict) and "passed" in c for c in verdict["claims"]):
+        raise ValueError(f"{out_dir / 'verdict.json'}: lacks {', '.join(lacking) or 'claims[].passed'} "
+                         f"(a damaged file): rerun the experiment to report it")
+    csv_path = out_dir / "results.csv"
+    rows = results.read_csv(csv_path)
+    edited = "the file was edited after the run: rerun the experiment or restore the file"
+    if len(rows) != verdict["num_rows"]:
+        raise ValueError(f"{csv_path}: holds {len(rows)} rows, verdict.json recorded {verdict['num_rows']}: {edited}")
+    if results.file_sha256(csv_path) != verdict["results_sha256"]:
+        raise ValueError(f"{csv_path}: its sha256 differs from the one verdict.json recorded: {edited}")
+    return meta, verdict, rows
+
+
+_UNUSABLE_ROWS = (KeyError, IndexError, TypeError, ValueError, ArithmeticError)  # what claims raise on odd rows
+
+
+def _from_rows(fn, csv_path: Path, what: str):
+    """fn() (an experiment's claims or findings on the rows of csv_path); rows it cannot
+    use (a column missing, text where a number belongs) give one line naming the file."""
+    try:
+        return fn()
+    except _UNUSABLE_ROWS as err:
+        key = err.args[0] if isinstance(err, KeyError) and err.args else None
+        if isinstance(key, str):
+            for suffix in ("_mean", "_std", "_min", "_max"):  # a summary's statistic names its column
+                if key.endswith(suffix):
+                    key = key[:-len(suffix)]
+                    break
+            detail = f"no column or value {key!r}"
+        else:
+            detail = f"{type(err).__name__}: {err}"
+        raise ValueError(f"{csv_path}: {what} cannot be computed from its rows ({detail}): the file does not "
+                         f"hold what this version of the experiment writes; rerun it") from None
+
+
+def recompute_claims(experiment, out_dir: Path):
+    """The experiment's claims evaluated on the rows read back from out_dir/results.csv
+    (a grid with invalid rows scores none, :func:`gmmssl.results.guard_claims`), and
+    config.json. Refuses (ValueError naming the file) what :func:`check_run` refuses and
+    rows the claims cannot be computed from."""
+    claims, meta, _, _ = _recompute(experiment, Path(out_dir))
+    return claims, meta
+
+
+def _recompute(experiment, out_dir: Path):
+    """(claims, config.json, verdict.json, rows) of a checked run (:func:`recompute_claims`)."""
+    from gmmssl.experiment import Part, Run
+
+    meta, verdict, rows = check_run(experiment, out_dir)
     # claims read rows only; parts carry each static configuration's values and config
     parts = [Part(s, {**meta["config"], **s}, {}, {}) for s in meta.get("static") or [{}]]
     run = Run(meta["config"], parts, rows)
-    return results.guard_claims(experiment.claims(run), rows), meta
+    claims = _from_rows(lambda: results.guard_claims(experiment.claims(run), rows), out_dir / "results.csv",
+                        f"the claims of {experiment.name}")
+    return claims, meta, verdict, rows
+
+
+def _check_docs(docs: Path) -> None:
+    """Refuses a --docs (or its figures/) that is not a folder, before anything is written."""
+    for folder in (docs, docs / "figures"):
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"--docs {docs}: {folder} is not a folder (a file is in the way); nothing was written")
+
+
+def _write(docs: Path, copies, path: Path, text: str) -> Path:
+    """Copies the figures (source, target) and writes ``path``, once every section is ready;
+    a file system error is one line naming the file."""
+    try:
+        (docs / "figures").mkdir(parents=True, exist_ok=True)
+        for source, target in copies:
+            shutil.copyfile(source, target)
+        results.atomic_write(path, text)
+    except OSError as err:
+        raise ValueError(f"cannot write {err.filename or path}: {err.strerror or err}") from None
+    return path
 
 
 def _reused(meta) -> str:
@@ -57,8 +165,10 @@ def _reused(meta) -> str:
 def _check_coverage(root: Path, names, partial: bool, what: str) -> None:
     done = [n for n in names if finished_problem(root / n) is None]
     if not done:
+        found = [f"{n} ({finished_problem(root / n)})" for n in names if (root / n).is_dir()]
         raise ValueError(f"no finished results under {root}/ for {what}: run the experiments first "
-                         f"(gmmssl run NAME); nothing was written")
+                         f"(gmmssl run NAME); nothing was written"
+                         + (f"; unfinished: {'; '.join(found)}" if found else ""))
     missing = [f"{n} ({finished_problem(root / n)})" for n in names if n not in done]
     if missing and not partial:
         raise ValueError(f"{what} would lose sections, no finished results for: {'; '.join(missing)}. Run them, "
@@ -84,8 +194,9 @@ def write_report(results_root="results", docs="docs", names=None, partial: bool 
     import gmmssl.experiments as experiments
 
     root, docs = Path(results_root), Path(docs)
+    _check_docs(docs)
     _check_coverage(root, [n for n in experiments.REGISTRY if not names or n in names], partial, "the report")
-    (docs / "figures").mkdir(parents=True, exist_ok=True)
+    copies = []
     lines = ["# gmmssl results", "",
              "Generated by `gmmssl report` from the latest `results/<experiment>/` folders; every verdict",
              "below is recomputed from the `results.csv` beside it. Default sizes, 2 CPU cores unless noted.",
@@ -102,8 +213,7 @@ def write_report(results_root="results", docs="docs", names=None, partial: bool 
         if finished_problem(out) is not None:
             sections += [f"## {title}", "", f"No finished results ({finished_problem(out)}): `gmmssl run {name}`.", ""]
             continue
-        claims, meta = recompute_claims(exp, out)
-        stored = json.loads((out / "verdict.json").read_text()) if (out / "verdict.json").exists() else None
+        claims, meta, stored, _ = _recompute(exp, out)
         for c in claims:
             statement = c.statement.replace("|", "\\|")
             verdict = c.verdict if c.passed else f"**{c.verdict}**"
@@ -113,7 +223,7 @@ def write_report(results_root="results", docs="docs", names=None, partial: bool 
                      f"({meta.get('num_cells', '?')} cells, {meta.get('seconds', '?')} s on "
                      f"{meta['environment']['backend']}, jax {meta['environment']['jax']}"
                      f"{_reused(meta)}).", ""]
-        if stored is not None and [c["passed"] for c in stored["claims"]] != [c.passed for c in claims]:
+        if [c["passed"] for c in stored["claims"]] != [c.passed for c in claims]:
             sections += ["**The stored verdict.json disagrees with the verdict recomputed from results.csv.**", ""]
         passed = sum(c.passed for c in claims)
         sections += [f"Verdict: {passed} of {len(claims)} claims pass.", ""]
@@ -121,11 +231,9 @@ def write_report(results_root="results", docs="docs", names=None, partial: bool 
             sections += [f"**{claims[0].note}.**", ""]
         for fig in sorted(out.glob("*.png")):
             target = docs / "figures" / f"{title}-{fig.name}"
-            shutil.copyfile(fig, target)
+            copies.append((fig, target))
             sections += [f"![{title}: {fig.stem}](figures/{target.name})", ""]
-    path = docs / "RESULTS.md"
-    results.atomic_write(path, "\n".join(lines + [""] + sections) + "\n")
-    return path
+    return _write(docs, copies, docs / "RESULTS.md", "\n".join(lines + [""] + sections) + "\n")
 
 
 OPEN_QUESTIONS = (
@@ -139,7 +247,7 @@ def _finished_runs(root: Path, name: str) -> list[Path]:
     """results/NAME and results/NAME_* holding a finished run of experiment NAME."""
     found = []
     for p in [root / name, *sorted(root.glob(f"{name}_*"))]:
-        if finished_problem(p) is None and json.loads((p / "config.json").read_text()).get("experiment") == name:
+        if finished_problem(p) is None and results.read_json(p / "config.json").get("experiment") == name:
             found.append(p)
     return found
 
@@ -148,9 +256,13 @@ def _question_runs(root: Path, name: str) -> list[Path]:
     """The finished runs of NAME at scale "paper" (results/NAME first, then results/NAME_*
     by name: a paper-scale run and its supplements, such as another range of a static
     axis), else [results/NAME]."""
-    paper = [p for p in _finished_runs(root, name)
-             if json.loads((p / "config.json").read_text())["config"].get("scale") == "paper"]
+    paper = [p for p in _finished_runs(root, name) if _scale(p) == "paper"]
     return paper or [root / name]
+
+
+def _scale(out: Path):
+    config = results.read_json(out / "config.json").get("config")
+    return config.get("scale") if isinstance(config, dict) else None
 
 
 def write_open_questions(results_root="results", docs="docs", partial: bool = False) -> Path:
@@ -162,8 +274,9 @@ def write_open_questions(results_root="results", docs="docs", partial: bool = Fa
     import gmmssl.experiments as experiments
 
     root, docs = Path(results_root), Path(docs)
+    _check_docs(docs)
     _check_coverage(root, [n for n, _ in OPEN_QUESTIONS], partial, "docs/open-questions.md")
-    (docs / "figures").mkdir(parents=True, exist_ok=True)
+    copies = []
     lines = ["# Open questions: what gmmssl's runs show", "",
              "Generated by `gmmssl report` from `results/<experiment>/`; every number below is computed from",
              "the `results.csv` there. Do not edit by hand: rerun the experiments and `gmmssl report`.", ""]
@@ -173,28 +286,27 @@ def write_open_questions(results_root="results", docs="docs", partial: bool = Fa
         for i, out in enumerate(runs):
             if i:
                 lines += [f"### Also at paper scale: `results/{out.name}`", ""]
-            lines += _question_section(exp, name, out, docs)
+            lines += _question_section(exp, name, out, docs, copies)
         if exp.notes:
             lines += ["### Notes (for every run above)", "", exp.notes, ""]
-    path = docs / "open-questions.md"
-    results.atomic_write(path, "\n".join(lines) + "\n")
-    return path
+    return _write(docs, copies, docs / "open-questions.md", "\n".join(lines) + "\n")
 
 
-def _question_section(exp, name: str, out: Path, docs: Path) -> list[str]:
+def _question_section(exp, name: str, out: Path, docs: Path, copies: list | None = None) -> list[str]:
     """One run's part of docs/open-questions.md: its command, findings, recomputed verdict
-    and figures."""
+    and figures (copied into docs/figures/ now, or appended to ``copies`` as (source,
+    target) for the caller to copy once every section is ready)."""
     from gmmssl.experiment import Run
 
     if finished_problem(out) is not None:
         return [f"No finished results ({finished_problem(out)}): `gmmssl run {name}`.", ""]
-    claims, meta = recompute_claims(exp, out)
+    claims, meta, _, rows = _recompute(exp, out)
     lines = [f"Run: `{_command(name, exp, meta, out)}`, "
              f"{meta.get('num_cells', '?')} cells, {meta.get('seconds', '?')} s on "
              f"{meta['environment']['backend']} (jax {meta['environment']['jax']}{_reused(meta)}).", ""]
     if exp.findings is not None:
-        run = Run(meta["config"], [], results.read_csv(out / "results.csv"))
-        lines += [exp.findings(run), ""]
+        run = Run(meta["config"], [], rows)
+        lines += [_from_rows(lambda: exp.findings(run), out / "results.csv", f"the findings of {name}"), ""]
     lines += [f"Verdict, {sum(c.passed for c in claims)} of {len(claims)} predictions hold:", ""]
     if claims and not claims[0].scored:  # as in docs/RESULTS.md: why none is scored, once
         lines += [f"**{claims[0].note}.**", ""]
@@ -203,6 +315,9 @@ def _question_section(exp, name: str, out: Path, docs: Path) -> list[str]:
     lines.append("")
     for fig in sorted(out.glob("*.png")):
         target = docs / "figures" / f"{out.name}-{fig.name}"
-        shutil.copyfile(fig, target)
+        if copies is None:
+            shutil.copyfile(fig, target)
+        else:
+            copies.append((fig, target))
         lines += [f"![{out.name}: {fig.stem}](figures/{target.name})", ""]
     return lines

@@ -9,6 +9,7 @@ import contextlib
 import csv
 import dataclasses
 import fcntl
+import hashlib
 import io
 import json
 import math
@@ -19,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Claim", "FolderInUse", "atomic_write", "claim", "count_diverged", "folder_lock", "format_table",
-           "guard_claims", "invalid_rows", "read_csv", "summarize", "tidy_rows", "write_csv", "write_json"]
+__all__ = ["Claim", "FolderInUse", "atomic_write", "claim", "count_diverged", "divergence_summary", "file_sha256",
+           "folder_lock", "format_table", "guard_claims", "lock_held", "invalid_rows", "read_csv", "read_json", "summarize",
+           "tidy_rows", "write_csv", "write_json"]
 
 
 class FolderInUse(ValueError):
@@ -53,6 +55,21 @@ def folder_lock(folder):
     finally:
         fcntl.flock(f, fcntl.LOCK_UN)
         f.close()
+
+
+def lock_held(folder) -> bool:
+    """Whether another process holds ``folder``'s lock (:func:`folder_lock`) now; the
+    ``.lock`` file is left as it is."""
+    try:
+        with open(Path(folder) / ".lock", "r") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+    except OSError:
+        pass
+    return False
 
 
 def atomic_write(path, data: bytes | str) -> None:
@@ -115,7 +132,10 @@ def write_csv(rows: list[dict], path) -> None:
 
 
 def read_csv(path) -> list[dict]:
-    """Reads a results.csv back into rows (numbers parsed, blanks dropped)."""
+    """Reads a results.csv back into rows (numbers parsed, blanks dropped).
+
+    Raises ValueError naming the file when it cannot be read, has no header, or holds a
+    line whose number of fields differs from the header's (a damaged or hand-edited file)."""
     def parse(v):
         if v == "":
             return None
@@ -128,8 +148,43 @@ def read_csv(path) -> list[dict]:
                 pass
         return v
 
-    with open(path, newline="") as f:
-        return [{k: parse(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames:
+                raise ValueError(f"{path}: no header line (an empty or damaged file)")
+            rows = []
+            for row in reader:
+                if None in row or None in row.values():  # DictReader's marks of extra and missing fields
+                    more = "more" if None in row else "fewer"
+                    raise ValueError(f"{path}: line {reader.line_num} has {more} fields than the header's "
+                                     f"{len(reader.fieldnames)} (a damaged or hand-edited file)")
+                rows.append({k: parse(v) for k, v in row.items() if v != ""})
+            return rows
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"{path}: cannot be read as CSV ({err})") from None
+
+
+def read_json(path, advice: str = "") -> dict:
+    """The JSON object stored in ``path``; a ValueError naming the file when it cannot be
+    read, is not valid JSON (truncated, damaged) or holds something other than an object
+    (``advice``, appended to the message, says what to do)."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot be read ({getattr(err, 'strerror', None) or err}){advice}") from None
+    try:
+        obj = json.loads(text)
+    except ValueError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}): the file is truncated or damaged{advice}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a JSON object, found a {type(obj).__name__}{advice}")
+    return obj
+
+
+def file_sha256(path) -> str:
+    """The sha256 hex digest of a file's bytes (verdict.json records results.csv's)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def write_json(obj, path) -> None:
@@ -228,8 +283,19 @@ def claim(statement: str, measured: float, op: str, bound: float) -> Claim:
 
 
 def count_diverged(rows: list[dict]) -> int:
-    """Rows flagged ``diverged`` (training left non-finite parameters or losses)."""
+    """Rows flagged ``diverged`` (a nonzero code of :func:`gmmssl.train.divergence`: non-finite
+    values, a loss blown up, parameters that did not move)."""
     return sum(1 for r in rows if r.get("diverged"))
+
+
+def divergence_summary(rows: list[dict]) -> str:
+    """"N diverged: n₁ <reason>, n₂ <reason>": the rows flagged ``diverged``, by reason
+    (:data:`gmmssl.train.DIVERGENCE_REASONS`; an older True counts as non-finite)."""
+    from gmmssl.train import DIVERGENCE_REASONS
+
+    reasons = [f"{n} {reason}" for code, reason in enumerate(DIVERGENCE_REASONS) if code
+               for n in [sum(1 for r in rows if r.get("diverged") == code)] if n]
+    return f"{count_diverged(rows)} diverged" + (f": {', '.join(reasons)}" if reasons else "")
 
 
 def invalid_rows(rows: list[dict]) -> list[dict]:
@@ -250,7 +316,7 @@ def guard_claims(claims: list[Claim], rows: list[dict]) -> list[Claim]:
     if not bad:
         return claims
     diverged = count_diverged(rows)
-    detail = [f"{diverged} diverged"] if diverged else []
+    detail = [divergence_summary(rows)] if diverged else []
     detail += [f"{len(bad) - diverged} with NaN or infinite metrics"] if len(bad) > diverged else []
     why = (f"{NOT_SCORED}: {len(bad)} of {len(rows)} rows are invalid ({', '.join(detail)}); "
            f"see the diverged column of results.csv")

@@ -36,25 +36,38 @@ Storage and resumability: each finished chunk is written atomically (temporary f
 then rename) to ``chunk_<first>-<end>.npz`` in the output folder. Beside its outputs it
 holds the indices of the grid cells it covers and a digest of :func:`store_fingerprint`
 (the grid axes, the caller's config, the float width, the float32 matmul precision, the
-backend and the library versions); ``sweep.json`` holds the fingerprint itself. With ``resume=True`` a stored
-cell is reused only when its file is readable, carries this digest, and its name, its
-cell index and its arrays agree; anything else is set aside (``*.rejected``, one line
-naming it) and recomputed, never loaded onto other cells. Resuming with another chunk
-size or device count reuses every cell whose chunk is fully stored. A folder written
-under another fingerprint is refused with ``resume``, naming what differs; without
-``resume`` or ``overwrite`` a folder holding chunks is refused.
+backend and the library versions); ``sweep.json`` holds the fingerprint itself, the
+chunk size and, under "chunks", the sha256 of every chunk file's bytes, recorded
+(sweep.json rewritten atomically) right after the chunk is written. With ``resume=True``
+a stored cell is reused only when its file is listed in sweep.json with the sha256 of
+its bytes as they are now, carries the fingerprint's digest, and its name, its cell
+index and its arrays agree; anything else (a file changed or replaced after it was
+written, one sweep.json does not list, such as a chunk whose run stopped before
+recording it, a damaged, misplaced or foreign one) is set aside (``*.rejected``, one
+line naming it and why) and its cells recomputed, never loaded onto other cells.
+Resuming with another chunk size or device count reuses every cell whose chunk is fully
+stored. A folder written under another fingerprint is refused with ``resume``, naming
+what differs; without ``resume`` or ``overwrite`` a folder holding chunks is refused.
 
-Limits: a chunk size above the grid is clamped to it, one whose memory estimate exceeds
-the budget is refused; ``max_output_bytes`` and ``max_seconds`` stop (with
-:class:`GridTooLarge`, keeping the finished chunks) a grid whose outputs or time would
-exceed them, measured on its first chunks.
+Axis values reach a cell as int32 (an axis of integers) or float32 (any other), whatever
+the float width; values those cannot hold (an integer outside the int32 range, a float
+beyond float32's finite range or so small it would become 0) are refused, naming the
+axis and the value, and so are repeated values (they would duplicate cells).
+
+Limits: the grid is refused before it is built when its cells' axis values alone would
+exceed the memory budget, and so is a cell whose memory estimate (``Sweep.cell_bytes``),
+times the devices of the smallest chunk, exceeds it; a chunk size above the grid is
+clamped to it, one whose memory estimate exceeds the budget is refused;
+``max_output_bytes`` and ``max_seconds`` stop (with :class:`GridTooLarge`, keeping the
+finished chunks) a grid whose outputs or time would exceed them, measured on its first
+chunks.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
-import itertools
 import json
 import math
 import os
@@ -69,10 +82,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from gmmssl import distributed
 from gmmssl._validate import check_range
 from gmmssl.backend import cpu_measures, map_linalg, matmul_precision
-from gmmssl.results import atomic_write
+from gmmssl.results import atomic_write, read_json
 
 __all__ = ["GridTooLarge", "Sweep", "choose_chunk_size", "default_budget_bytes", "diff_keys", "estimate_cell_bytes",
-           "flatten_grid", "flatten_tree", "map_grid", "numerics", "run_grid", "store_fingerprint", "trainer_ranges"]
+           "flatten_grid", "flatten_tree", "map_grid", "numerics", "run_grid", "source_digest", "store_fingerprint",
+           "trainer_ranges"]
 
 
 def _no_data(cell):
@@ -153,9 +167,13 @@ def flatten_grid(axes: dict) -> dict[str, np.ndarray]:
     for name, values in axes.items():
         if len(values) == 0:
             raise ValueError(f"axis {name!r} is empty; give it at least one value")
-    names = list(axes)
-    product = list(itertools.product(*(list(axes[n]) for n in names)))
-    return {n: np.asarray([p[i] for p in product]) for i, n in enumerate(names)}
+    columns = {n: np.asarray(list(values)) for n, values in axes.items()}
+    size = math.prod(len(c) for c in columns.values())
+    out, inner = {}, size
+    for name, column in columns.items():  # each value repeated for the cells of the faster axes, the block tiled
+        inner //= len(column)
+        out[name] = np.tile(np.repeat(column, inner), size // (len(column) * inner))
+    return out
 
 
 def _host_array(values: np.ndarray) -> np.ndarray:
@@ -220,17 +238,36 @@ class GridTooLarge(ValueError):
 _CELLS, _KEY = "#cells", "#key"  # reserved entries of a chunk file (output keys cannot start with "#")
 
 
+@functools.lru_cache(maxsize=None)
+def source_digest() -> str:
+    """sha256 (16 hex digits) of gmmssl's own source: every ``.py`` file of the installed
+    packages gmmssl, gmmssl.losses and gmmssl.experiments, by relative path and content.
+    A code change that keeps the version number changes the numbers all the same; this is
+    part of :func:`numerics`, so resuming across such a change is refused. Read once per
+    process."""
+    import gmmssl
+    import gmmssl.experiments
+
+    h = hashlib.sha256()
+    for root in sorted({Path(gmmssl.__file__).parent, Path(gmmssl.experiments.__file__).parent}):
+        for path in sorted(root.rglob("*.py")):
+            h.update(f"{root.name}/{path.relative_to(root).as_posix()}\n".encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def numerics() -> dict:
     """What changes the numbers beside the config: the float width, the float32 matmul
-    precision (:func:`gmmssl.backend.matmul_precision`), the backend and the library
-    versions (part of every stored chunk's and run's fingerprint)."""
+    precision (:func:`gmmssl.backend.matmul_precision`), the backend, the library versions
+    and gmmssl's own source (:func:`source_digest`): part of every stored chunk's and run's
+    fingerprint."""
     import jaxlib
 
     import gmmssl
 
     return {"x64": bool(jax.config.jax_enable_x64), "matmul_precision": matmul_precision(),
             "backend": jax.default_backend(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
-            "numpy": np.__version__, "gmmssl": gmmssl.__version__}
+            "numpy": np.__version__, "gmmssl": gmmssl.__version__, "source": source_digest()}
 
 
 def store_fingerprint(axes: dict, fingerprint: dict | None = None) -> dict:
@@ -250,16 +287,33 @@ def _chunk_name(lo: int, hi: int) -> str:
     return f"chunk_{lo:09d}-{hi:09d}.npz"
 
 
-def _write_chunk(out: Path, lo: int, hi: int, flat: dict, key: str) -> None:
+def _chunk_bytes(lo: int, hi: int, flat: dict, key: str) -> bytes:
+    """The file of a chunk: its outputs, its cell indices and the fingerprint's digest."""
     buf = io.BytesIO()
     np.savez(buf, **flat, **{_CELLS: np.arange(lo, hi), _KEY: np.asarray(key)})
-    atomic_write(out / _chunk_name(lo, hi), buf.getvalue())
+    return buf.getvalue()
 
 
-def _read_chunk(path: Path, key: str, size: int):
-    """(cells, flat outputs) of a stored chunk, or (None, reason) when it cannot be used."""
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_chunk(path: Path, key: str, size: int, digests: dict | None):
+    """(cells, flat outputs) of a stored chunk, or (None, reason) when it cannot be used.
+    ``digests``: sweep.json's {file name: sha256 of its bytes} (None: sweep.json has none)."""
     try:
-        with np.load(path, allow_pickle=False) as data:
+        raw = path.read_bytes()
+    except OSError as err:
+        return None, f"unreadable ({type(err).__name__}: {err})"
+    if digests is None:
+        return None, "no content digest to check it against (no sweep.json, or one written by an older gmmssl)"
+    if path.name not in digests:
+        return None, ("sweep.json does not list it (the run stopped before recording it, or it was put here "
+                      "from elsewhere): its content cannot be checked")
+    if _sha256(raw) != digests[path.name]:
+        return None, "its content differs from what was written (the sha256 sweep.json recorded does not match)"
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as data:
             flat = {k: np.array(data[k]) for k in data.files}  # read everything: CRC errors surface here
     except Exception as err:  # noqa: BLE001 - any unreadable file is recomputed, never trusted
         return None, f"unreadable ({type(err).__name__}: {err})"
@@ -279,13 +333,15 @@ def _read_chunk(path: Path, key: str, size: int):
     return cells, flat
 
 
-def _load_finished(out: Path, key: str, size: int, say: Callable[[str], None]):
-    """{cell: (flat, row)} of every usable stored cell; unusable files are set aside as
-    ``*.rejected`` (kept for inspection, never loaded) with one line each."""
+def _load_finished(out: Path, key: str, size: int, say: Callable[[str], None], digests: dict | None):
+    """({cell: (flat, row)} of every usable stored cell, {file name: sha256} of the files
+    used); unusable files are set aside as ``*.rejected`` (kept for inspection, never
+    loaded) with one line each. ``digests``: as in :func:`_read_chunk`."""
     have: dict[int, tuple[dict, int]] = {}
+    trusted: dict[str, str] = {}
     reference = None
     for path in sorted(out.glob("chunk_*.npz")):
-        cells, flat = _read_chunk(path, key, size)
+        cells, flat = _read_chunk(path, key, size, digests)
         if cells is not None:
             layout = {k: (v.dtype.str, v.shape[1:]) for k, v in flat.items()}
             reference = layout if reference is None else reference
@@ -295,20 +351,70 @@ def _load_finished(out: Path, key: str, size: int, say: Callable[[str], None]):
             say(f"{path}: {flat}; set aside as {path.name}.rejected, its cells are recomputed")
             os.replace(path, path.with_name(path.name + ".rejected"))
             continue
+        trusted[path.name] = digests[path.name]
         for row, cell in enumerate(cells.tolist()):
             have[cell] = (flat, row)
-    return have
+    return have, trusted
+
+
+_INT32 = np.iinfo(np.int32)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLOAT32_TINY = float(np.finfo(np.float32).smallest_subnormal)
+
+
+def _bytes_text(n: float) -> str:
+    """A byte count for people: "512 KiB", "3.2 GiB", "8.4e+09 GiB"."""
+    for unit, scale in (("KiB", 2**10), ("MiB", 2**20)):
+        if n < 1024 * scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n / 2**30:.3g} GiB"
+
+
+def _check_grid_size(axes: dict, budget: int) -> None:
+    """Refuses, from the axes' lengths alone, a grid whose cells' axis values and outputs
+    cannot fit the budget, before anything (the flattened grid) is built."""
+    lengths = {name: len(values) for name, values in axes.items()}
+    size = math.prod(lengths.values())
+    # per cell at least: 8 bytes per axis (the flattened grid) and 8 for its outputs (one value)
+    need = size * 8 * (len(lengths) + 1)
+    if need > budget:
+        shape = " x ".join(f"{n} {k}" for n, k in lengths.items())
+        raise ValueError(f"the grid has {size} cells ({shape}): their axis values and outputs alone need at least "
+                         f"{_bytes_text(need)}, above the memory budget of {_bytes_text(budget)} (--budget-mb); "
+                         f"use fewer values")
 
 
 def _validate_axes(axes: dict, ranges: dict) -> None:
     for name, values in axes.items():
-        arr = np.asarray(list(values))
+        values = list(values)
+        if values and all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values):
+            for v in values:  # an axis of integers reaches the cells as int32: nothing may wrap around
+                if not _INT32.min <= int(v) <= _INT32.max:
+                    raise ValueError(f"axis {name!r}: the value {int(v)} does not fit the int32 a grid cell holds "
+                                     f"([{_INT32.min}, {_INT32.max}]; it would reach the cell as "
+                                     f"{(int(v) + 2**31) % 2**32 - 2**31})")
+        arr = np.asarray(values)
         if arr.dtype.kind not in "iufb":
-            raise ValueError(f"axis {name!r} must hold numbers, got {list(values)[:3]!r}")
+            raise ValueError(f"axis {name!r} must hold numbers, got {values[:3]!r}")
         if not np.all(np.isfinite(arr.astype(np.float64))):
-            raise ValueError(f"axis {name!r} must hold finite numbers, got {list(values)!r}")
+            raise ValueError(f"axis {name!r} must hold finite numbers, got {values!r}")
         if name == "seed" and (arr.dtype.kind not in "iu" or np.any(arr < 0)):
-            raise ValueError(f"axis 'seed' must hold non-negative integers, got {list(values)!r}")
+            raise ValueError(f"axis 'seed' must hold non-negative integers, got {values!r}")
+        if arr.dtype.kind not in "iu":  # reaches the cells as float32: nothing may become inf or 0
+            for v in arr.astype(np.float64).tolist():
+                h = float(np.float32(v)) if abs(v) <= _FLOAT32_MAX else math.copysign(math.inf, v)
+                if not math.isfinite(h) or (h == 0.0 and v != 0.0):
+                    raise ValueError(f"axis {name!r}: the value {v!r} is outside the range of the float32 a grid "
+                                     f"cell holds (nonzero magnitudes {_FLOAT32_TINY:.3g} to {_FLOAT32_MAX:.4g}; "
+                                     f"it would reach the cell as {h!r})")
+        host = _host_array(arr)  # the values as the cells see them
+        seen: dict = {}
+        for i, h in enumerate(host.tolist()):
+            j = seen.setdefault(h, i)
+            if j != i:
+                same = "twice" if values[i] == values[j] else f"twice ({values[j]!r} and {values[i]!r} are one float32)"
+                raise ValueError(f"axis {name!r} lists the value {values[j]!r} {same}; give each value once "
+                                 f"(a repeated value duplicates its cells and counts them twice in summaries)")
         if name in ranges:
             low, high, low_open, high_open = ranges[name]
             for value in arr.tolist():  # the first offending value, named
@@ -345,7 +451,9 @@ def map_grid(fn: Callable[[dict], Any], axes: Mapping[str, Any], *, score_fn: Ca
     Args:
       fn: cell -> nested dict of arrays (traceable; seed a key with
         ``jax.random.PRNGKey(cell["seed"])``).
-      axes: {name: sequence of numbers}; an axis named "seed" must hold non-negative ints.
+      axes: {name: sequence of numbers}, each value once; integers within int32, other
+        values within float32's range (as the cells receive them); an axis named "seed" must
+        hold non-negative ints.
       score_fn: optional (cell, fn's output) -> nested dict, mapped cell by cell; its
         output replaces fn's.
       ranges: valid ranges of your own axes, {name: (low, high, low_open, high_open)}
@@ -411,7 +519,8 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
       fingerprint: JSON-able description of what produced the grid (the resolved config).
       chunk_size: cells per compiled call (default: from the memory estimate and budget;
         clamped to the grid; refused when the estimate exceeds the budget).
-      budget_bytes: memory budget for one chunk (default :func:`default_budget_bytes`).
+      budget_bytes: memory budget for one chunk, and for the grid's axis values
+        (default :func:`default_budget_bytes`).
       max_output_bytes, max_seconds: refuse (:class:`GridTooLarge`, after the chunks that
         measured it, which stay stored) a grid whose outputs, held in memory, or whose
         estimated time exceed these; None: no limit.
@@ -423,25 +532,34 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
 
     Axis values are checked before anything is traced: numbers, finite; "seed" a
     non-negative integer; the trainer's hyper-parameters (:data:`gmmssl.train.HPARAM_RANGES`)
-    and ``spec.ranges`` within their ranges.
+    and ``spec.ranges`` within their ranges; each value once, and one the cells can hold as
+    given (int32 for an axis of integers, float32 otherwise). Before that, a grid whose axis
+    values alone exceed the budget is refused from the axes' lengths, and so is a cell
+    whose ``spec.cell_bytes`` (one per device) exceeds it.
 
     Returns:
       (grid, outputs): grid is {axis: (G,) numpy array}; outputs is evaluate_fn's nested
       dict with a leading (G,) axis, as numpy arrays.
     """
     say = progress or (lambda line: None)
+    budget = default_budget_bytes() if budget_bytes is None else budget_bytes
+    _check_grid_size(spec.axes, budget)
     _validate_axes(spec.axes, {**_hparam_ranges(), **dict(spec.ranges)})
     grid = flatten_grid(spec.axes)
     size = len(next(iter(grid.values())))
     devices = jax.devices()
     num_devices = len(devices)
-    budget = default_budget_bytes() if budget_bytes is None else budget_bytes
     if chunk_size is not None:
         chunk_size = min(int(chunk_size), math.ceil(size / num_devices) * num_devices)  # no more than the grid
         if chunk_size * spec.cell_bytes > budget:
             raise ValueError(f"--chunk-size {chunk_size} needs about {chunk_size * spec.cell_bytes / 2**20:.0f} MiB "
                              f"by the memory estimate, above the budget of {budget / 2**20:.0f} MiB "
                              f"(--budget-mb); choose a smaller chunk or a larger budget")
+    if num_devices * spec.cell_bytes > budget:  # the smallest chunk: one cell per device
+        per_device = f" per device, {num_devices} devices" if num_devices > 1 else ""
+        raise ValueError(f"one grid cell needs about {_bytes_text(spec.cell_bytes)}{per_device} by the memory "
+                         f"estimate, above the budget of {_bytes_text(budget)} (--budget-mb); use smaller sizes "
+                         f"(batch, samples, dimension) or a larger budget")
     manifest = store_fingerprint(spec.axes, fingerprint)
     key = _digest(manifest)
     out = Path(out_dir) if out_dir is not None else None
@@ -457,9 +575,9 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
             for old_chunk in stored:
                 old_chunk.unlink()
         elif resume:
-            stored_chunk = None
+            stored_chunk, digests = None, None
             if path.exists():
-                old = json.loads(path.read_text())
+                old = read_json(path, "; --overwrite recomputes the chunks, or restore the file")  # one line naming it
                 if _digest({k: old.get(k) for k in ("axes", "fingerprint", "numerics")}) != key:
                     diffs = diff_keys(old.get("fingerprint", {}), manifest["fingerprint"])
                     diffs += diff_keys(old.get("numerics", {}), manifest["numerics"])
@@ -467,23 +585,38 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
                     raise ValueError(f"--resume: {out} was written by a different config; differing: "
                                      + ("; ".join(diffs) or "the stored fingerprint"))
                 stored_chunk = old.get("chunk_size")
-            return _load_finished(out, key, size, say), stored_chunk
+                digests = old.get("chunks") if isinstance(old.get("chunks"), dict) else None
+            have, trusted = _load_finished(out, key, size, say, digests)
+            return have, stored_chunk, trusted
         elif stored:
             raise ValueError(f"{out} holds {len(stored)} finished chunk(s); resume them (--resume) or "
                              f"replace them (--overwrite)")
-        return {}, None
+        return {}, None, {}
 
     # the folder is process 0's (see gmmssl.distributed): it reads it, every process gets the finished cells
-    have, stored_chunk = distributed.on_leader(open_folder) if out is not None else ({}, None)
+    have, stored_chunk, trusted = distributed.on_leader(open_folder) if out is not None else ({}, None, {})
     if chunk_size is None and stored_chunk and stored_chunk % num_devices == 0:
         chunk_size = stored_chunk
     if chunk_size is None:
         chunk_size = choose_chunk_size(spec.cell_bytes, size, num_devices, budget,
                                        max_cells=CPU_MAX_CHUNK if cpu_measures() else None)
     chunk = max(num_devices, (int(chunk_size) // num_devices) * num_devices)
+
+    def write_manifest():
+        atomic_write(out / "sweep.json", json.dumps(manifest, indent=2) + "\n")
+
+    def store(lo, hi, flat):
+        """Writes a chunk, then records its sha256 in sweep.json (a chunk whose record a stop
+        in between lost is set aside and recomputed on resume, never trusted); process 0 only."""
+        data = _chunk_bytes(lo, hi, flat, key)
+        atomic_write(out / _chunk_name(lo, hi), data)
+        manifest["chunks"][_chunk_name(lo, hi)] = _sha256(data)
+        write_manifest()
+
     if out is not None:
         manifest["chunk_size"] = chunk
-        distributed.on_leader(lambda: atomic_write(out / "sweep.json", json.dumps(manifest, indent=2) + "\n"))
+        manifest["chunks"] = dict(trusted)  # the stored chunks that were checked and kept
+        distributed.on_leader(write_manifest)
 
     mesh = Mesh(np.array(devices), ("grid",))
     grid_sharding = NamedSharding(mesh, PartitionSpec("grid"))
@@ -516,7 +649,7 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
             first = have[lo][0]
             flat = {k: np.stack([have[c][0][k][have[c][1]] for c in range(lo, hi)]) for k in first}
             if out is not None:  # stored under another layout: keep it under this one too
-                distributed.on_leader(lambda: (out / _chunk_name(lo, hi)).exists() or _write_chunk(out, lo, hi, flat, key))
+                distributed.on_leader(lambda: (out / _chunk_name(lo, hi)).exists() or store(lo, hi, flat))
         else:
             chunk_start = time.perf_counter()
             idx = np.arange(lo, lo + chunk) % size  # pad the last chunk by wrapping around
@@ -529,7 +662,7 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
                 result = multihost_utils.process_allgather(result, tiled=True)
             flat = {k: v[: hi - lo] for k, v in flatten_tree(result).items()}
             if out is not None:
-                distributed.on_leader(lambda: _write_chunk(out, lo, hi, flat, key))
+                distributed.on_leader(lambda: store(lo, hi, flat))
             computed += hi - lo
             computed_chunks += 1
             if max_output_bytes is not None and computed_chunks == 1:
@@ -556,9 +689,12 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
         say(f"{label}[{_bar(i + 1, num_chunks)}] chunk {i + 1}/{num_chunks}, {hi}/{size} cells, "
             f"{rate:.1f} cells/s, {elapsed:.1f}s elapsed, ETA {eta}")
     def drop_superseded():
-        for extra in out.glob("chunk_*.npz"):  # superseded by this layout's chunks (all written above)
-            if extra.name not in names:
-                extra.unlink()
+        extras = [p for p in out.glob("chunk_*.npz") if p.name not in names]  # superseded by this layout's chunks
+        for extra in extras:
+            extra.unlink()
+            manifest["chunks"].pop(extra.name, None)
+        if extras:
+            write_manifest()  # after the files: a record without its file is harmless
 
     if out is not None:
         distributed.on_leader(drop_superseded)

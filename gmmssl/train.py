@@ -42,8 +42,9 @@ from gmmssl.data import Dataset, sample_dataset_pairs
 from gmmssl.gmm import GMM, HeteroGMM, MultiModalGMM, sample_multimodal
 from gmmssl.metrics import fisher_capture
 
-__all__ = ["DEFAULT_HPARAMS", "HPARAM_RANGES", "IN_BATCH_LOSSES", "OBJECTIVES", "SCHEDULES", "Objective",
-           "TrainConfig", "TrainResult", "aed_pairs", "check_setup", "diverged", "embed", "hparam_ranges",
+__all__ = ["BLOWUP_FACTOR", "DEFAULT_HPARAMS", "DIVERGENCE_REASONS", "HPARAM_RANGES", "IN_BATCH_LOSSES", "OBJECTIVES",
+           "SCHEDULES", "STUCK_TOL", "Objective", "TrainConfig", "TrainResult", "aed_pairs", "check_setup", "diverged",
+           "divergence", "embed", "hparam_ranges",
            "hparams_in_range", "init_params", "init_projector", "learning_rate_schedule", "make_hparams",
            "objective_of", "pair_moments", "train", "validate_hparams"]
 
@@ -493,20 +494,50 @@ def check_setup(gmm, config: TrainConfig) -> None:
         check_int("r", config.r, low=1, high=min(gmm.dims))
 
 
-def diverged(result: "TrainResult") -> jax.Array:
-    """True when training left a non-finite parameter or a non-finite logged loss (a
-    diverged run, or a traced hyper-parameter out of range). Traceable; for a vmapped
-    grid of results use ``jax.vmap(diverged)``."""
+# divergence codes (the "diverged" column of results): why a run's numbers are not scored
+DIVERGENCE_REASONS = ("ok", "non-finite parameters or loss", "loss grew over 100-fold from its start",
+                      "parameters did not move")
+BLOWUP_FACTOR = 100.0  # a logged loss above this × max(|initial loss|, 1) has diverged
+STUCK_TOL = 1e-6  # parameters that moved less than this, relative to their start, did not train
+
+
+def divergence(result: "TrainResult") -> jax.Array:
+    """Why a run cannot be scored, as an int32 code (:data:`DIVERGENCE_REASONS`): 0 it
+    trained; 1 a parameter or a logged loss is non-finite (a diverged run, or a traced
+    hyper-parameter out of range); 2 a logged loss (a block mean) exceeds
+    :data:`BLOWUP_FACTOR` × max(|L₀|, 1), L₀ the loss at the initial parameters (finite,
+    but blown up: a learning rate far too large); 3 the parameters moved less than
+    :data:`STUCK_TOL` relative to their start, ‖θ_T − θ₀‖ ≤ STUCK_TOL·‖θ₀‖ (overflowing
+    gradients, a vanishing rate: the "trained" projector is the initial one). The first
+    that applies is returned. Codes 2 and 3 need the history's "start_loss" and
+    "param_change" (recorded by :func:`train`). Traceable; for a vmapped grid of results
+    use ``jax.vmap(divergence)``."""
     ok = jnp.all(jnp.isfinite(result.history["loss"]))
     for leaf in jax.tree_util.tree_leaves(result.params):
         ok &= jnp.all(jnp.isfinite(leaf))
-    return ~ok
+    code = jnp.where(ok, 0, 1)
+    history = result.history
+    if "start_loss" in history:
+        scale = BLOWUP_FACTOR * jnp.maximum(jnp.abs(history["start_loss"][0]), 1.0)
+        code = jnp.where((code == 0) & jnp.any(jnp.abs(history["loss"]) > scale), 2, code)
+    if "param_change" in history:
+        code = jnp.where((code == 0) & (history["param_change"][-1] <= STUCK_TOL), 3, code)
+    return code.astype(jnp.int32)
+
+
+def diverged(result: "TrainResult") -> jax.Array:
+    """True when the run cannot be scored (:func:`divergence` is not 0): non-finite values,
+    a loss blown up over 100-fold, or parameters that did not move. Traceable; for a
+    vmapped grid of results use ``jax.vmap(diverged)``."""
+    return divergence(result) > 0
 
 
 class TrainResult(NamedTuple):
     """params: the trained parameters ({"A": (d, r), ...});
-    history: dict of (steps // log_every,) arrays: "loss", "learning_rate" and, when a
-    Fisher basis was given, "fisher_capture"."""
+    history: dict of (steps // log_every,) arrays: "loss" (each block's mean),
+    "start_loss" (the loss at each block's starting parameters: [0] is L₀, before any
+    step), "param_change" (‖θ − θ₀‖/‖θ₀‖ at each block's end, all parameters together),
+    "learning_rate" and, when a Fisher basis was given, "fisher_capture"."""
 
     params: dict
     history: dict
@@ -574,12 +605,18 @@ def train(key, gmm: GMM, hparams: dict, config: TrainConfig, fisher_basis=None) 
         tx = config.optimizer(schedule)
     opt_state = tx.init(params)
 
+    def pairs(step_key, n):
+        x, x_pos = objective.pairs(step_key, gmm, n, hparams, config)
+        if x.shape[:1] != (n,) or x_pos.shape[:1] != (n,):  # shapes are static: checked as it is traced
+            raise ValueError(f"the pair source ({type(gmm).__name__}, objective {objective.name!r}) must return n = {n} "
+                             f"rows of each view, got {x.shape} and {x_pos.shape}")
+        return x, x_pos
+
     if config.num_samples is None:
         def batch(step_key):
-            return objective.pairs(step_key, gmm, config.batch_size, hparams, config)
+            return pairs(step_key, config.batch_size)
     else:
-        pool_x, pool_pos = objective.pairs(jax.random.fold_in(k_data, config.steps), gmm,
-                                           config.num_samples, hparams, config)
+        pool_x, pool_pos = pairs(jax.random.fold_in(k_data, config.steps), config.num_samples)
 
         def batch(step_key):
             idx = jax.random.randint(step_key, (config.batch_size,), 0, config.num_samples)
@@ -598,9 +635,14 @@ def train(key, gmm: GMM, hparams: dict, config: TrainConfig, fisher_basis=None) 
             params = objective.post_update(params, hparams, config)
         return (params, opt_state), value
 
+    start_params = params
+    start_norm = _tree_norm(params)
+
     def block(carry, start):
         carry, values = jax.lax.scan(step, carry, start + jnp.arange(config.log_every))
-        record = {"loss": values.mean()}
+        moved = _tree_norm(jax.tree_util.tree_map(jnp.subtract, carry[0], start_params))
+        record = {"loss": values.mean(), "start_loss": values[0],
+                  "param_change": moved / jnp.maximum(start_norm, jnp.finfo(start_norm.dtype).tiny)}
         if schedule is not None:  # the rate of the block's last step
             record["learning_rate"] = jnp.asarray(schedule(start + config.log_every - 1), jnp.float32)
         if fisher_basis is not None and not config.hidden:
@@ -615,3 +657,8 @@ def train(key, gmm: GMM, hparams: dict, config: TrainConfig, fisher_basis=None) 
     params = jax.tree_util.tree_map(lambda p: jnp.where(valid, p, jnp.nan), params)
     history = {**history, "loss": jnp.where(valid, history["loss"], jnp.nan)}
     return TrainResult(params, history)
+
+
+def _tree_norm(tree) -> jax.Array:
+    """The Frobenius norm of every leaf together."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree_util.tree_leaves(tree)))

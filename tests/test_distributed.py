@@ -13,7 +13,7 @@ import pytest
 
 from gmmssl import distributed, results
 from gmmssl.cli import main
-from tiny import TINY
+from tiny import CHUNKED, TINY
 
 
 def _free_port() -> int:
@@ -22,15 +22,47 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(args, num_processes=2):
-    """The same command on ``num_processes`` processes of 2 CPU devices each."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu",
+def _launch(args, tmp, num_processes=2, *, started=None, extra=None):
+    """The same command on ``num_processes`` processes of 2 CPU devices each (only the
+    process ids in ``started``, if given; ``extra`` {process id: more arguments}); their
+    temporary files (the log of JAX's C++ output, gmmssl.distributed) in ``tmp``."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu", "TMPDIR": str(tmp),
            "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"}
     port = _free_port()
-    return [subprocess.Popen([sys.executable, "-m", "gmmssl.cli", *args, "--coordinator", f"127.0.0.1:{port}",
-                              "--num-processes", str(num_processes), "--process-id", str(i)],
+    return [subprocess.Popen([sys.executable, "-m", "gmmssl.cli", *args, *(extra or {}).get(i, []),
+                              "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(num_processes),
+                              "--process-id", str(i)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-            for i in range(num_processes)]
+            for i in (range(num_processes) if started is None else started)]
+
+
+def _worker(proc, timeout=30.0):
+    """The child process that does the work of a distributed ``gmmssl run`` (see
+    gmmssl.distributed.run_supervised), None once it is gone."""
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            children = open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()
+        except OSError:
+            return None
+        if children:
+            return int(children[0])
+        time.sleep(0.05)
+    return None
+
+
+def _alive(pid) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][:1] != "Z"
+    except OSError:
+        return False
+
+
+def _one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err[-3000:]
+    return lines[0]
 
 
 def _finish(procs, timeout=240):
@@ -64,46 +96,52 @@ def _assert_close(folder, reference, tol=1e-6):
             np.testing.assert_allclose(p[k][rows], q[k], rtol=0, atol=tol, err_msg=k)
 
 
-def _cpu_reference(finished_tiny, folder):
-    """The single-process run of ``TINY`` on one CPU device, as the processes above compute
-    on CPU devices: the shared run when this process runs on the CPU, else the same command
-    in a subprocess on the CPU (an accelerator rounds differently: its float32 numbers
-    differ from the CPU's by about 1e-6 after the run's 100 steps, measured on an H200)."""
+def _cpu_reference(finished_chunked, folder):
+    """The single-process run of ``CHUNKED`` (4 seeds, one cell per chunk) on one CPU device,
+    as the processes below compute on CPU devices with one cell per device: the shared run
+    when this process runs on the CPU, else the same command in a subprocess on the CPU (an
+    accelerator rounds differently: its float32 numbers differ from the CPU's by about 1e-6
+    after the run's 100 steps, measured on an H200)."""
     import jax
 
     if jax.default_backend() == "cpu":
-        return finished_tiny[0]
+        return finished_chunked
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-m", "gmmssl.cli", "run", "pancakes", "--out", str(folder), *TINY],
+    done = subprocess.run([sys.executable, "-m", "gmmssl.cli", "run", "pancakes", "--out", str(folder), *CHUNKED],
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     return folder
 
 
 @pytest.mark.slow
-def test_two_processes_killed_midway_then_resumed_give_the_single_process_results(tmp_path, finished_tiny):
-    one = _cpu_reference(finished_tiny, tmp_path / "one")  # one device, seeds 0 and 1
+def test_two_processes_leader_killed_midway_then_resumed_give_the_single_process_results(tmp_path, finished_chunked):
+    # the same cells, one per device, on one device in one process (README, "Several processes":
+    # a cell's numbers are the same when each device runs as many cells at once)
+    one = _cpu_reference(finished_chunked, tmp_path / "one")
     out = tmp_path / "two"
     # 4 seeds: 3 chunks of 4 cells, one per device
     args = ["run", "pancakes", "--out", str(out), *TINY, "--set", "seeds=4", "--chunk-size", "4",
             "--heartbeat-timeout", "20"]
 
-    # process 1 is killed as soon as process 0 reports the first chunk stored (two remain)
-    procs = _launch(args)
+    # process 0, the leader, is killed (kill -9) as soon as it reports the first chunk stored
+    # (two remain): the follower ends in one line and status 3 (it was a 20-line C++ abort)
+    procs = _launch(args, tmp_path)
+    worker = _worker(procs[0])
+    assert worker is not None, "no worker process under process 0 (gmmssl.distributed.run_supervised)"
     for line in procs[0].stdout:
         if "chunk 1/3" in line:
-            procs[1].send_signal(signal.SIGKILL)
+            procs[0].send_signal(signal.SIGKILL)
             killed = time.time()
             break
     else:
         pytest.fail(f"process 0 never reported a chunk: {procs[0].wait()} {procs[0].stderr.read()[-2000:]}")
-    status = procs[0].wait(timeout=60)
+    status = procs[1].wait(timeout=60)
     waited = time.time() - killed
-    procs[1].wait()
-    err = procs[0].stderr.read()
-    assert status != 0 and waited < 60, (status, waited, err[-2000:])
-    # our line, unless JAX's coordination service terminated the process first (its own line)
-    assert ("a collective failed" in err and "--resume" in err) or "another task died" in err, err[-2000:]
+    procs[0].wait()
+    line = _one_line(procs[1].stderr.read())
+    assert status == 3 and waited < 60, (status, waited, line)
+    assert line.startswith("gmmssl: error: process 1 of 2") and "--resume" in line, line
+    assert not _alive(worker)  # the killed process's worker did not outlive it
     # nothing is marked finished that is not: no outputs, the run still pending, its chunk kept
     assert not (out / "verdict.json").exists() and not (out / "results.csv").exists()
     assert (out / ".pending.json").exists()
@@ -111,17 +149,102 @@ def test_two_processes_killed_midway_then_resumed_give_the_single_process_result
     assert chunks[:1] == ["chunk_000000000-000000004.npz"] and len(chunks) < 3, chunks
 
     # a refusal on process 0 (another config) is every process's, with the same status
-    refused = _finish(_launch([*args, "--set", "steps=200", "--resume"]))
+    refused = _finish(_launch([*args, "--set", "steps=200", "--resume"], tmp_path))
     assert [s for s, _, _ in refused] == [2, 2], [e[-2000:] for _, _, e in refused]
-    assert all("different config" in e for _, _, e in refused)
+    assert all("different config" in _one_line(e) for _, _, e in refused)
 
     # resumed on two processes: finished, the single-process numbers, process 0 alone prints
-    (s0, out0, err0), (s1, out1, err1) = _finish(_launch([*args, "--resume"]))
+    (s0, out0, err0), (s1, out1, err1) = _finish(_launch([*args, "--resume"], tmp_path))
     assert (s0, s1) == (0, 0), (err0[-2000:], err1[-2000:])
     assert "cells reused from stored chunks" in out0 and "verdict:" in out0
-    assert out1 == ""  # process 0 speaks for all (gloo's own lines included)
+    assert out1 == "" and err0 == err1 == ""  # process 0 speaks for all (gloo's own lines included)
     assert len(json.loads((out / "config.json").read_text())["environment"]["devices"]) == 4
-    _assert_close(out, one)
+    # every cell, those at delta = 0 and those computed before the kill included: the same
+    # numbers, bit for bit, as one process computing one cell per device
+    _assert_close(out, one, tol=0.0)
+
+
+def test_processes_started_differently_not_started_or_stopped_end_in_one_line(tmp_path):
+    """Three distributed runs at once (their waits overlap): two processes started with
+    other arguments refuse before any work; a process whose peer never starts gives up
+    after --connect-timeout; a run whose peer is stopped (SIGSTOP) ends after
+    --heartbeat-timeout. Each was a wrong number with status 0, a 300 s wait then a C++
+    abort, or a C++ abort."""
+    start = time.time()
+    base = ["run", "pancakes", *TINY]
+    differ = _launch([*base, "--out", str(tmp_path / "differ")], tmp_path,
+                     extra={1: ["--set", "separation=0.3", "--chunk-size", "2"]})
+    alone = _launch([*base, "--out", str(tmp_path / "alone"), "--connect-timeout", "2"], tmp_path, started=[0])
+    stopped = _launch([*base, "--out", str(tmp_path / "stopped"), "--heartbeat-timeout", "3"], tmp_path)
+    follower = _worker(stopped[1])
+    assert follower is not None, "no worker process under the follower (gmmssl.distributed.run_supervised)"
+    try:
+        assert stopped[0].stdout.readline().startswith("gmmssl run pancakes")  # both joined and agreed
+        os.kill(follower, signal.SIGSTOP)
+        stopped_at = time.time()
+        status = stopped[0].wait(timeout=60)
+        waited = time.time() - stopped_at
+    finally:
+        stopped[1].kill()
+        os.kill(follower, signal.SIGKILL)
+        stopped[1].wait()
+    line = _one_line(stopped[0].stderr.read())
+    assert status == 3 and waited < 30, (status, waited, line)
+    assert "process 0 of 2" in line and "stopped answering" in line and "--resume" in line, line
+
+    for status, out, err in _finish(differ):
+        line = _one_line(err)
+        assert status == 2 and out == "", (status, out, line)
+        assert "differ in the command" in line and "nothing was run" in line, line
+        assert "--chunk-size (process 0: None, process 1: 2)" in line, line
+        assert "--set separation (process 0: not given, process 1: '0.3')" in line, line
+    assert not (tmp_path / "differ").exists()  # refused before any work
+
+    [(status, out, err)] = _finish(alone)
+    line = _one_line(err)
+    assert status == 2 and "could not join" in line and "--connect-timeout" in line, line
+    assert not (tmp_path / "alone").exists()
+    assert time.time() - start < 60
+
+
+@pytest.mark.parametrize("log, cause", [
+    ("E1204 add_port.cc:83] Failed to add port to server: No address added", "port is in use"),
+    ("F1204 client.h:80] Terminating process because the JAX distributed service detected fatal errors. This most "
+     "likely indicates that another task died; see the other task logs. absl::Status: DEADLINE_EXCEEDED: Deadline "
+     "Exceeded\n\nRPC: /xla.coordination.CoordinationService/RegisterTask", "--connect-timeout"),
+    ("E1204 coordination_service.cc:1549] Use error polling to propagate the following error to all tasks: "
+     "UNAVAILABLE: The following tasks are unhealthy (stopped sending heartbeats):", "stopped answering"),
+    ("F1204 client.h:80] Terminating process ... another task died ... absl::Status: DEADLINE_EXCEEDED\n\n"
+     "RPC: /xla.coordination.CoordinationService/Heartbeat", "process 0 (the coordinator) stopped answering"),
+    ("W1204 preemption_sync_manager.cc:147] Failed to retrieve preemption notice: UNAVAILABLE: Socket closed\n"
+     "F1204 client.h:80] Terminating process ... another task died", "connection to another process was lost"),
+    ("E1204 foo.cc:1] something new", "JAX: something new"),
+    ("", None),
+])
+def test_causes_read_from_jax_log(log, cause):
+    """The words of the one line that a supervised process's end gets (the texts are JAX's
+    log lines of jaxlib 0.10.2 and 0.12, shortened)."""
+    got = distributed._cause(log)
+    assert (got is None) if cause is None else (cause in got), got
+
+
+def test_ctrl_c_keeps_the_finished_chunks_in_one_line(tmp_path):
+    """SIGINT after the first chunk: one line (it was a 31-line KeyboardInterrupt traceback)
+    saying what is kept and how to go on, status 130; the chunk is on disk."""
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "gmmssl.cli", "run", "pancakes", "--out", str(out), *CHUNKED],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stdout:
+        if "chunk 1/12" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    status = proc.wait(timeout=60)
+    line = _one_line(proc.stderr.read())
+    assert status == 130, (status, line)
+    assert line.startswith("gmmssl: interrupted;") and f"kept in {out / 'chunks'}" in line and "--resume" in line, line
+    assert (out / "chunks" / "all" / "chunk_000000000-000000001.npz").exists()
+    assert not (out / "results.csv").exists()
 
 
 def test_one_process_functions_are_the_identity():
@@ -160,6 +283,7 @@ def test_detect_cluster(monkeypatch, env, want):
     (["--coordinator", "127.0.0.1:1234", "--num-processes", "0", "--process-id", "0"], "--num-processes"),
     (["--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "2"], "--process-id must be in [0, 2)"),
     (["--heartbeat-timeout", "0"], "heartbeat timeout"),
+    (["--connect-timeout", "0"], "connect timeout"),
 ])
 def test_bad_distributed_flags_are_refused_in_one_line(tmp_path, capsys, flags, message):
     assert main(["run", "pancakes", "--out", str(tmp_path), *flags]) == 2

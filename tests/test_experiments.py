@@ -202,11 +202,17 @@ def test_real_experiment_reads_user_features(tmp_path):
     rng = np.random.default_rng(0)
     y = np.arange(240) % 3
     np.savez(tmp_path / "feat.npz", X=rng.normal(size=(240, 6)) + 4.0 * np.eye(3, 6)[y], y=y)
-    run = run_experiment(experiments.get("real"), tmp_path / "out",
-                         {"features": str(tmp_path / "feat.npz"), "r": "2", "steps": "50", "log_every": "25",
-                          "seeds": "1", "delta": "1", "batch_size": "32"})
+    overrides = {"features": str(tmp_path / "feat.npz"), "r": "2", "steps": "50", "log_every": "25",
+                 "seeds": "1", "delta": "1", "batch_size": "32"}
+    run = run_experiment(experiments.get("real"), tmp_path / "out", overrides)
     assert {r["method"] for r in run.rows} == {"infonce", "lda", "pca", "init"}
     assert max(r["ari"] for r in run.rows if r["method"] == "lda") > 0.9
+    # the same path with other content is another run: its stored cells are never reused
+    np.savez(tmp_path / "feat.npz", X=rng.normal(size=(240, 6)), y=y)
+    for resume in (False, True):
+        with pytest.raises(ValueError, match=r"differing: the content of features \('[0-9a-f]{16}' -> '[0-9a-f]{16}'\)"
+                                             r".*--overwrite"):
+            run_experiment(experiments.get("real"), tmp_path / "out", overrides, resume=resume)
 
 
 def test_run_all_and_report_on_the_command_line(capsys, tmp_path):

@@ -17,8 +17,12 @@ def test_training_finds_the_fisher_subspace_on_pancakes():
     f = fisher_subspace(g)
     res = jax.jit(train, static_argnums=3)(jax.random.PRNGKey(0), g, make_hparams(delta=1.0), CFG, f)
     assert res.params["A"].shape == (10, 2)
-    assert set(res.history) == {"loss", "learning_rate", "fisher_capture"}
-    assert res.history["loss"].shape == (4,)
+    assert set(res.history) == {"loss", "start_loss", "param_change", "learning_rate", "fisher_capture"}
+    assert res.history["loss"].shape == res.history["start_loss"].shape == res.history["param_change"].shape == (4,)
+    a0 = init_params(jax.random.PRNGKey(0), g, CFG)["A"]  # the relative change of A, the only parameter
+    np.testing.assert_allclose(res.history["param_change"][-1],
+                               np.linalg.norm(res.params["A"] - a0) / np.linalg.norm(a0), rtol=1e-5)
+    assert float(res.history["start_loss"][0]) > float(res.history["loss"][-1])
     assert float(res.history["fisher_capture"][-1]) > 0.95
     assert float(res.history["loss"][-1]) < float(res.history["loss"][0])
     # the cosine schedule decays the learning rate

@@ -210,8 +210,7 @@ def test_an_interrupted_overwrite_never_leaves_the_old_results_under_the_new_con
         raise KeyboardInterrupt
 
     monkeypatch.setattr(sweep, "run_grid", killed)
-    with pytest.raises(KeyboardInterrupt):
-        main(["run", "pancakes", "--out", out, *TINY, "--set", "delta=0,0.25,1", "--overwrite"])
+    assert main(["run", "pancakes", "--out", out, *TINY, "--set", "delta=0,0.25,1", "--overwrite"]) == 130  # Ctrl-C
     assert not (tmp_path / "verdict.json").exists() and not (tmp_path / "results.csv").exists()
     assert "missing" in report.finished_problem(tmp_path)
     with pytest.raises(ValueError, match="no finished results"):
@@ -280,17 +279,104 @@ def test_a_diverged_run_is_flagged_not_scored_and_exits_non_zero(tmp_path, capsy
     assert not any(c["passed"] for c in verdict["claims"])
 
 
+def test_resuming_after_a_code_change_under_the_same_version_is_refused(finished_tiny, monkeypatch, capsys):
+    """The numbers depend on the code, not only on its version number: gmmssl's source is
+    part of every run's and chunk's identity (sweep.source_digest)."""
+    from gmmssl import sweep
+
+    out, _ = finished_tiny
+    stored = json.loads((out / "config.json").read_text())["numerics"]["source"]
+    assert stored == sweep.source_digest() and len(stored) == 16
+    before = (out / "results.csv").read_bytes()
+    monkeypatch.setattr(sweep, "source_digest", lambda: "0123456789abcdef")  # another checkout's code
+    assert main(["run", "pancakes", "--out", str(out), *TINY, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"source ({stored!r} -> '0123456789abcdef')" in err and "--overwrite" in err and err.count("\n") == 1
+    assert (out / "results.csv").read_bytes() == before
+    # the chunks, on their own, are refused too
+    with pytest.raises(ValueError, match="source"):
+        sweep.run_grid(sweep.Sweep(lambda c, d: c["x"], lambda c, d, t: {"v": t}, {"x": [1.0]}),
+                       out_dir=out / "chunks" / "all", resume=True, fingerprint=json.loads(
+                           (out / "chunks" / "all" / "sweep.json").read_text())["fingerprint"])
+
+
+@pytest.mark.parametrize("files", [
+    {"results.csv": "a,b\n1,2\n", "projectors.npz": "mine", "fig.png": "mine", ".lock": "mine"},  # no config.json
+    {"config.json": '{"figures": ["paper.tex", "fig1.pdf"]}', "paper.tex": "mine", "fig1.pdf": "mine",
+     "chunks/mine.txt": "mine"},  # another tool's config.json
+])
+def test_a_folder_of_someone_elses_files_is_never_written_or_deleted(tmp_path, capsys, files):
+    out = tmp_path / "theirs"
+    for name, text in files.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text)
+    for extra in ([], ["--overwrite"], ["--resume"]):
+        assert main(["run", "pancakes", "--out", str(out), *TINY, *extra]) == 2
+        err = capsys.readouterr().err
+        assert "holds files gmmssl did not write there" in err and err.count("\n") == 1, err
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == sorted(files)
+    assert all((out / name).read_text() == text for name, text in files.items())
+
+
+def test_overwrite_deletes_only_the_files_gmmssl_wrote(finished_tiny):
+    out, _ = finished_tiny
+    manifest = json.loads((out / ".gmmssl-files.json").read_text())
+    assert manifest["written_by"] == "gmmssl" and {"results.csv", "verdict.json", "chunks"} <= set(manifest["files"])
+    (out / "chunks" / "mine.txt").write_text("mine")  # inside a folder of gmmssl's: kept, with its folder
+    (out / "chunks" / "all" / "notes.txt").write_text("mine")
+    assert main(["run", "pancakes", "--out", str(out), *TINY, "--overwrite"]) == 0
+    assert (out / "chunks" / "mine.txt").read_text() == (out / "chunks" / "all" / "notes.txt").read_text() == "mine"
+    assert (out / "verdict.json").exists() and list((out / "chunks" / "all").glob("chunk_*.npz"))
+
+
+@pytest.mark.parametrize("setting, code, reason", [
+    ("learning_rate=100", 2, "loss grew over 100-fold from its start"),  # finite losses of 2e5 to 4e5
+    ("learning_rate=1e-12", 3, "parameters did not move"),  # A stays at its start (so at τ = 1e-30, optimized)
+])
+def test_a_finite_divergence_is_flagged_with_its_reason_and_never_scored(tmp_path, capsys, setting, code, reason):
+    out = tmp_path / "run"
+    assert main(["run", "pancakes", "--out", str(out), *TINY, "--set", setting]) == 1
+    printed = capsys.readouterr().out
+    assert f"6 diverged: 6 {reason}" in printed and "[PASS]" not in printed and "[FAIL]" not in printed
+    rows = results.read_csv(out / "results.csv")
+    learned = [r for r in rows if r["method"] == "infonce"]
+    assert len(learned) == 6 and all(r["diverged"] == code and np.isnan(r["fisher_capture"]) for r in learned)
+    assert all(r["diverged"] == 0 for r in rows if r["method"] != "infonce")
+
+
+def test_divergence_codes_from_a_history():
+    from gmmssl.train import TrainResult, divergence
+
+    a = {"A": jnp.ones((3, 2))}
+
+    def code(loss, start, change):
+        return int(divergence(TrainResult(a, {"loss": jnp.asarray(loss), "start_loss": jnp.asarray(start),
+                                               "param_change": jnp.asarray(change)})))
+
+    assert code([5.0, 1.0], [6.0, 4.0], [0.1, 0.2]) == 0  # trained
+    assert code([5.0, jnp.nan], [6.0, 4.0], [0.1, 0.2]) == 1
+    assert code([5.0, 601.0], [6.0, 4.0], [0.1, 0.2]) == 2 and code([5.0, 599.0], [6.0, 4.0], [0.1, 0.2]) == 0
+    assert code([0.5, 101.0], [0.01, 4.0], [0.1, 0.2]) == 2  # scale floored at 1: 100 × max(|L0|, 1)
+    assert code([5.0, 1.0], [6.0, 4.0], [0.1, 1e-7]) == 3
+    assert int(divergence(TrainResult(a, {"loss": jnp.asarray([1.0])}))) == 0  # an older history: finiteness only
+
+
 @pytest.mark.parametrize("args, message", [
     (["run", "all", "--set", "seedz=1"], "no experiment knows this key"),
     (["run", "pancakes", "--budget-mb", "nan"], "--budget-mb must be a positive finite number"),
     (["run", "pancakes", "--budget-mb", "inf"], "--budget-mb must be a positive finite number"),
     (["run", "pancakes", "--set", "batch_size=1"], "batch_size must be in [2, inf]"),
     (["run", "pancakes", "--max-hours", "0"], "--max-hours must be a positive finite number"),
+    # the SGD view's settings are checked in the certified view too (config.json records them)
+    (["run", "conjecture", "--set", "steps=-5", "--set", "log_every=-3"], "steps must be in [1, inf], got -5"),
+    (["run", "all", "--set", "steps=-5"], "run all: nothing started: pancakes: steps must be in [1, inf], got -5 "
+                                          "(and 11 more"),
 ])
 def test_meaningless_input_is_refused_in_one_line(args, message, tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())  # refused before anything is written
 
 
 @pytest.mark.slow
@@ -342,3 +428,30 @@ def test_in_batch_losses_refuse_a_batch_of_one():
     for loss in (losses.infonce, losses.clip, losses.simsiam, losses.spectral_contrastive):
         with pytest.raises(ValueError, match="needs B ≥ 2"):
             loss(z, z)
+
+
+def test_complex_features_and_a_pair_source_with_extra_rows_are_refused():
+    from gmmssl.data import Dataset
+    from gmmssl.train import TrainConfig, train
+
+    with pytest.raises(ValueError, match="X must hold real numbers, got dtype complex128"):
+        Dataset(np.ones((10, 2)) * (1 + 1j), np.arange(10) % 2)  # was: its imaginary part dropped, a warning
+
+    @jax.tree_util.register_pytree_node_class
+    class ExtraRows:  # a PairSource returning n + 3 rows
+        dim = 3
+
+        def pairs(self, key, n, hparams):
+            x = jax.random.normal(key, (n + 3, 3))
+            return x, x + 0.1
+
+        def tree_flatten(self):
+            return (), None
+
+        @classmethod
+        def tree_unflatten(cls, aux, children):
+            return cls()
+
+    cfg = TrainConfig(r=1, batch_size=16, steps=2, log_every=1)
+    with pytest.raises(ValueError, match=r"must return n = 16 rows of each view, got \(19, 3\) and \(19, 3\)"):
+        train(jax.random.PRNGKey(0), ExtraRows(), {"delta": 1.0}, cfg)
