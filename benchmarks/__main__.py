@@ -76,7 +76,8 @@ def main(argv=None) -> int:
             kw["precisions"] = (None, "default")
         report["sweep"] = sweeps.run(**kw)
         md += ["## Sweeps", _table(report["sweep"]["rows"], ["config", "method", "precision", "G", "compile_s", "median_s",
-                                                             "model_steps_per_s", "peak_rss_mb"])]
+                                                             "model_steps_per_s", "ratio_to_handwritten",
+                                                             "peak_rss_mb"])]
     if a.what in ("answer", "all"):
         # quick: the configuration of the delta experiment's tiny test run (tests/test_experiments.py)
         kw = dict(batch_size=64, overrides=QUICK_ANSWER) if a.quick else {}

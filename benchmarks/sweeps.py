@@ -5,6 +5,11 @@ delta training configurations, beside the loops users would otherwise write:
   the float32 matmul precision gmmssl uses (:func:`gmmssl.backend.matmul_precision`,
   "highest") and, with ``precisions``, at others side by side (the cost of float32 matmuls
   against a GPU's TF32 default, "default");
+* ``handwritten``: the program a JAX user would write in an afternoon, timed side by side
+  at the same G and chunks: ``jit(vmap(train))`` of a ``lax.scan`` of ``optax.adam``
+  steps on the logits (xA)(x⁺A)ᵀ with ``optax.softmax_cross_entropy_with_integer_labels``,
+  its own AeD(δ) sampler, nothing else (no schedule, validation or history); each grid row
+  gets ``ratio_to_handwritten`` (its model-steps/s over the hand-written program's);
 * ``loop_models``: a Python loop over G single-model jitted runs (each a whole scan);
 * ``loop_steps``: a Python loop dispatching one jitted optimizer step at a time;
 * ``torch_loop``: the pancakes training as a plain PyTorch loop (when torch is installed).
@@ -42,7 +47,8 @@ def _grid_fn(gmm, cfg):
     return jax.vmap(one)
 
 
-def _grid_timed(gmm, cfg, g: int, repeats: int, budget_bytes: int | None, max_cells: int | None = None):
+def _grid_timed(gmm, cfg, g: int, repeats: int, budget_bytes: int | None, max_cells: int | None = None,
+                handwritten: bool = False):
     """The grid method over G models, in chunks sized by the sweep engine's memory estimate
     (so G = 4096 stays within the budget): compile the chunk once, warm up on one chunk,
     then time whole passes over the G models."""
@@ -52,7 +58,8 @@ def _grid_timed(gmm, cfg, g: int, repeats: int, budget_bytes: int | None, max_ce
     keys = jax.random.split(jax.random.PRNGKey(0), num_chunks * chunk).reshape(num_chunks, chunk, -1)
     deltas = jnp.linspace(0.1, 1.0, num_chunks * chunk).reshape(num_chunks, chunk)
     t0 = time.perf_counter()
-    compiled = jax.jit(_grid_fn(gmm, cfg)).lower(keys[0], deltas[0]).compile()
+    fn = _handwritten_fn(gmm, cfg) if handwritten else _grid_fn(gmm, cfg)
+    compiled = jax.jit(fn).lower(keys[0], deltas[0]).compile()
     compile_s = time.perf_counter() - t0
     jax.block_until_ready(compiled(keys[0], deltas[0]))
     times = []
@@ -64,6 +71,38 @@ def _grid_timed(gmm, cfg, g: int, repeats: int, budget_bytes: int | None, max_ce
     # padding cells (num_chunks * chunk − g) are trained too; count only the g asked for
     return {"compile_s": compile_s, **time_stats(times), "chunk_size": chunk, "num_chunks": num_chunks,
             "cell_bytes_estimate": cell}
+
+
+def _handwritten_fn(gmm, cfg, learning_rate: float = 0.05):
+    """The hand-written baseline: one model's training as a user would write it, vmapped."""
+    means, chol, k = gmm.means, gmm.chol, gmm.num_components
+    tx = optax.adam(learning_rate)
+
+    def one(key, delta):
+        k_init, k_data = jax.random.split(key)
+        a = jax.random.normal(k_init, (gmm.dim, cfg.r)) / jnp.sqrt(gmm.dim)
+
+        def step(carry, t):
+            a, opt = carry
+            k_c, k_u, k_o, k_e, k_p = jax.random.split(jax.random.fold_in(k_data, t), 5)
+            c = jax.random.randint(k_c, (cfg.batch_size,), 0, k)
+            c_pos = jnp.where(jax.random.uniform(k_u, (cfg.batch_size,)) < delta, c,
+                              jax.random.randint(k_o, (cfg.batch_size,), 0, k))
+            x = means[c] + jax.random.normal(k_e, (cfg.batch_size, gmm.dim)) @ chol.T
+            x_pos = means[c_pos] + jax.random.normal(k_p, (cfg.batch_size, gmm.dim)) @ chol.T
+
+            def loss(a):
+                logits = (x @ a) @ (x_pos @ a).T
+                return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.arange(cfg.batch_size)).mean()
+
+            value, grad = jax.value_and_grad(loss)(a)
+            updates, opt = tx.update(grad, opt, a)
+            return (optax.apply_updates(a, updates), opt), value
+
+        (a, _), _ = jax.lax.scan(step, (a, tx.init(a)), jnp.arange(cfg.steps))
+        return a
+
+    return jax.vmap(one)
 
 
 def run(configs=("pancakes", "delta"), sizes=(1, 16, 256, 4096), loop_sizes=(1, 16), repeats: int = 3,
@@ -89,6 +128,14 @@ def run(configs=("pancakes", "delta"), sizes=(1, 16, 256, 4096), loop_sizes=(1, 
                     used = matmul_precision()
                 rows.append({"config": name, "method": "grid", "precision": used, "G": g, **t,
                              "model_steps_per_s": g * cfg.steps / t["median_s"], "peak_rss_mb": peak_rss_mb()})
+            with jax.default_matmul_precision(matmul_precision()):  # the grid's own precision, side by side
+                t = _grid_timed(gmm, cfg, g, repeats if g <= 256 else 1, budget_bytes, max_cells, handwritten=True)
+            hand = g * cfg.steps / t["median_s"]
+            rows.append({"config": name, "method": "handwritten", "precision": matmul_precision(), "G": g, **t,
+                         "model_steps_per_s": hand, "peak_rss_mb": peak_rss_mb()})
+            for row in rows:
+                if row["config"] == name and row["method"] == "grid" and row["G"] == g:
+                    row["ratio_to_handwritten"] = row["model_steps_per_s"] / hand
         single = jax.jit(lambda k, d: train(k, gmm, {"delta": d}, cfg).params["A"])
         step = _one_step(gmm, cfg)
         for g in loop_sizes:

@@ -25,7 +25,8 @@ from gmmssl import fisher, metrics
 from gmmssl.augment import sample_pairs
 from gmmssl.backend import map_linalg, with_matmul_precision
 from gmmssl.gmm import GMM, HeteroGMM, sample
-from gmmssl.train import HPARAM_RANGES, TrainConfig, divergence, hparam_ranges, init_params, make_hparams, train
+from gmmssl.train import (HPARAM_RANGES, TrainConfig, divergence, hparam_ranges, init_params, make_hparams, train,
+                          unused_hparams)
 
 __all__ = ["METRICS", "cell_hparams", "estimate_eval_bytes", "evaluate_methods", "make_compare_cell",
            "score_projector"]
@@ -167,14 +168,29 @@ def make_compare_cell(mixture_fn, config: TrainConfig, num_directions: int | Non
     reference. Every method gets "diverged": for the learned projector the code of
     :func:`gmmssl.train.divergence` (0 trained; 1 non-finite values, 2 a loss blown up over
     100-fold, 3 parameters that did not move: its metrics are then NaN), 0 for the others.
+
+    The config's static choices are checked here (:meth:`gmmssl.train.TrainConfig.validate`),
+    and a cell holding a hyper-parameter the config does not use
+    (:func:`gmmssl.train.unused_hparams`: learning_rate with a ready
+    ``optax.GradientTransformation``) is refused as the first phase is traced, before
+    anything is compiled.
     """
+    config.validate()
+    unused = unused_hparams(config)
+
+    def check_cell(cell):
+        for name in cell:
+            if name in unused:
+                raise ValueError(f"axis {name!r} is refused: {unused[name]}")
 
     def prepare_fn(cell):
+        check_cell(cell)
         gmm = mixture_fn(cell)
         m = gmm.num_components - 1 if num_directions is None else num_directions
         return {"gmm": gmm, "fisher": fisher.fisher_subspace(gmm, num_directions=m)}
 
     def train_fn(cell, data):
+        check_cell(cell)
         k_train = _keys(jax.random.PRNGKey(cell["seed"]))[0]
         return train(k_train, data["gmm"], cell_hparams(cell, config), config, data["fisher"])
 

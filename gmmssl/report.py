@@ -19,7 +19,8 @@ from pathlib import Path
 
 from gmmssl import results
 
-__all__ = ["check_run", "finished_problem", "recompute_claims", "write_open_questions", "write_report"]
+__all__ = ["check_run", "finished_problem", "recompute_claims", "write_open_questions", "write_report",
+           "write_reports"]
 
 
 def finished_problem(out_dir) -> str | None:
@@ -191,6 +192,20 @@ def write_report(results_root="results", docs="docs", names=None, partial: bool 
     """docs/RESULTS.md from the finished runs under ``results_root``. Refuses (ValueError,
     nothing written) when no experiment has finished results, or when some have none
     and ``partial`` is False (the committed report would lose their sections)."""
+    return _write(*_render_report(results_root, docs, names, partial))
+
+
+def write_reports(results_root="results", docs="docs", partial: bool = False) -> list[Path]:
+    """``gmmssl report``: docs/RESULTS.md and docs/open-questions.md, both or neither:
+    each is computed in full (every run checked, every claim recomputed) before either is
+    written, so a refusal (ValueError, one line) leaves ``docs`` as it was."""
+    rendered = [_render_report(results_root, docs, None, partial),
+                _render_open_questions(results_root, docs, partial)]
+    return [_write(*r) for r in rendered]
+
+
+def _render_report(results_root, docs, names, partial):
+    """(docs, figure copies, path, text) of :func:`write_report`, nothing written."""
     import gmmssl.experiments as experiments
 
     root, docs = Path(results_root), Path(docs)
@@ -233,7 +248,7 @@ def write_report(results_root="results", docs="docs", names=None, partial: bool 
             target = docs / "figures" / f"{title}-{fig.name}"
             copies.append((fig, target))
             sections += [f"![{title}: {fig.stem}](figures/{target.name})", ""]
-    return _write(docs, copies, docs / "RESULTS.md", "\n".join(lines + [""] + sections) + "\n")
+    return docs, copies, docs / "RESULTS.md", "\n".join(lines + [""] + sections) + "\n"
 
 
 OPEN_QUESTIONS = (
@@ -271,6 +286,11 @@ def write_open_questions(results_root="results", docs="docs", partial: bool = Fa
     ``scale=paper``, each in its own section, when there are any; else ``results/NAME``),
     the verdict recomputed from its results.csv, and the experiment's own data-driven
     summary (its ``findings``), with its figures. Refuses like :func:`write_report`."""
+    return _write(*_render_open_questions(results_root, docs, partial))
+
+
+def _render_open_questions(results_root, docs, partial):
+    """(docs, figure copies, path, text) of :func:`write_open_questions`, nothing written."""
     import gmmssl.experiments as experiments
 
     root, docs = Path(results_root), Path(docs)
@@ -289,7 +309,7 @@ def write_open_questions(results_root="results", docs="docs", partial: bool = Fa
             lines += _question_section(exp, name, out, docs, copies)
         if exp.notes:
             lines += ["### Notes (for every run above)", "", exp.notes, ""]
-    return _write(docs, copies, docs / "open-questions.md", "\n".join(lines) + "\n")
+    return docs, copies, docs / "open-questions.md", "\n".join(lines) + "\n"
 
 
 def _question_section(exp, name: str, out: Path, docs: Path, copies: list | None = None) -> list[str]:

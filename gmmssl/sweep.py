@@ -86,7 +86,7 @@ from gmmssl.results import atomic_write, read_json
 
 __all__ = ["GridTooLarge", "Sweep", "choose_chunk_size", "default_budget_bytes", "diff_keys", "estimate_cell_bytes",
            "flatten_grid", "flatten_tree", "map_grid", "numerics", "run_grid", "source_digest", "store_fingerprint",
-           "trainer_ranges"]
+           "trainer_ranges", "xla_flags"]
 
 
 def _no_data(cell):
@@ -97,14 +97,17 @@ def _no_data(cell):
 class Sweep:
     """A grid to run: the phases of a cell, the dynamic axes, the estimated memory of
     one cell (bytes; see :func:`estimate_cell_bytes`) and the valid range of axes the
-    trainer does not know: {name: (low, high, low_open, high_open)}."""
+    trainer does not know: {name: :class:`gmmssl.train.HParam`} (the old tuples
+    (low, high, low_open, high_open) are converted), or {name: reason} (a string) to
+    refuse an axis with that reason (:func:`trainer_ranges` does, for a hyper-parameter
+    its config does not use). A range with low > high is refused when the grid runs."""
 
     train_fn: Callable[[dict, Any], Any]
     evaluate_fn: Callable[[dict, Any, Any], dict]
     axes: dict
     cell_bytes: int = 1 << 20
     prepare_fn: Callable[[dict], Any] = _no_data
-    ranges: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
+    ranges: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def estimate_cell_bytes(d: int, r: int, batch_size: int, *, num_param_matrices: int = 1,
@@ -258,16 +261,27 @@ def source_digest() -> str:
 
 def numerics() -> dict:
     """What changes the numbers beside the config: the float width, the float32 matmul
-    precision (:func:`gmmssl.backend.matmul_precision`), the backend, the library versions
-    and gmmssl's own source (:func:`source_digest`): part of every stored chunk's and run's
-    fingerprint."""
+    precision (:func:`gmmssl.backend.matmul_precision`), the backend, the library versions,
+    gmmssl's own source (:func:`source_digest`), the XLA flags (:func:`xla_flags`) and
+    whether XLA optimizes (``jax_disable_most_optimizations``): part of every stored chunk's
+    and run's fingerprint. With the cells per device (the chunk's width per device, which
+    :func:`run_grid` keeps when it resumes) these fix a cell's numbers bit for bit."""
     import jaxlib
 
     import gmmssl
 
     return {"x64": bool(jax.config.jax_enable_x64), "matmul_precision": matmul_precision(),
             "backend": jax.default_backend(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
-            "numpy": np.__version__, "gmmssl": gmmssl.__version__, "source": source_digest()}
+            "numpy": np.__version__, "gmmssl": gmmssl.__version__, "source": source_digest(),
+            "xla_flags": xla_flags(), "optimized": not jax.config.read("jax_disable_most_optimizations")}
+
+
+def xla_flags() -> str:
+    """The XLA flags of this process (``XLA_FLAGS``), sorted, without the host device count
+    (which changes how many devices there are, not what a device computes): they can change
+    the compiled programs, so :func:`numerics` records them."""
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    return " ".join(sorted(f for f in flags if not f.startswith("--xla_force_host_platform_device_count")))
 
 
 def store_fingerprint(axes: dict, fingerprint: dict | None = None) -> dict:
@@ -416,19 +430,40 @@ def _validate_axes(axes: dict, ranges: dict) -> None:
                 raise ValueError(f"axis {name!r} lists the value {values[j]!r} {same}; give each value once "
                                  f"(a repeated value duplicates its cells and counts them twice in summaries)")
         if name in ranges:
-            low, high, low_open, high_open = ranges[name]
             for value in arr.tolist():  # the first offending value, named
-                check_range(name, value, low, high, low_open=low_open, high_open=high_open)
+                ranges[name].check(name, value)
+
+
+def _axis_ranges(ranges: Mapping) -> dict:
+    """The trainer's built-in ranges and ``ranges`` ({name: HParam, an old (low, high,
+    low_open, high_open) tuple, or a string: the axis is refused}), as HParams, checked."""
+    from gmmssl.train import as_hparam
+
+    return {**trainer_ranges(), **{name: spec if isinstance(spec, str) else as_hparam(name, spec, axis=True)
+                                   for name, spec in dict(ranges).items()}}
+
+
+def _refuse_unused_axes(axes: Mapping, ranges: Mapping) -> None:
+    for name in axes:
+        if isinstance(ranges.get(name), str):
+            raise ValueError(f"axis {name!r} is refused: {ranges[name]}")
 
 
 def trainer_ranges(config=None) -> dict:
     """The valid ranges of the trainer's hyper-parameters as axis ranges for
-    :class:`Sweep` (``{name: (low, high, low_open, high_open)}``): the built-in ones and,
-    given a :class:`gmmssl.train.TrainConfig`, those of its objective."""
-    from gmmssl.train import HPARAM_RANGES, hparam_ranges
+    :class:`Sweep` and :func:`map_grid`: ``{name: HParam}`` (:class:`gmmssl.train.HParam`),
+    the built-in ones and, given a :class:`gmmssl.train.TrainConfig`, those of its
+    objective. Given a config, its static choices are checked first
+    (:meth:`gmmssl.train.TrainConfig.validate`: steps and log_every, ...), so a sweep
+    that cannot train is refused before anything is traced; and a hyper-parameter the
+    config does not use (:func:`gmmssl.train.unused_hparams`: learning_rate with a ready
+    ``optax.GradientTransformation``) maps to the reason, which refuses an axis over it."""
+    from gmmssl.train import HPARAM_RANGES, hparam_ranges, unused_hparams
 
-    ranges = HPARAM_RANGES if config is None else hparam_ranges(config)
-    return {n: (lo, hi, lo_open, hi == float("inf")) for n, (_, lo, hi, lo_open) in ranges.items()}
+    if config is None:
+        return dict(HPARAM_RANGES)
+    config.validate()
+    return {**hparam_ranges(config), **unused_hparams(config)}
 
 
 _hparam_ranges = trainer_ranges
@@ -456,9 +491,10 @@ def map_grid(fn: Callable[[dict], Any], axes: Mapping[str, Any], *, score_fn: Ca
         hold non-negative ints.
       score_fn: optional (cell, fn's output) -> nested dict, mapped cell by cell; its
         output replaces fn's.
-      ranges: valid ranges of your own axes, {name: (low, high, low_open, high_open)}
-        (the trainer's hyper-parameters are always checked; for an objective's own, pass
-        :func:`trainer_ranges` of its config).
+      ranges: valid ranges of your own axes, {name: :class:`gmmssl.train.HParam`} (or
+        the old (low, high, low_open, high_open) tuples) (the trainer's hyper-parameters
+        are always checked; pass :func:`trainer_ranges` of your config for its objective's
+        own, and to refuse an axis the config does not use).
       cell_bytes: memory estimate of one cell (chunk sizing; :func:`estimate_cell_bytes`).
       progress: a callable receiving one line per chunk, True for lines on stderr, or None.
       out_dir, resume, overwrite, chunk_size, budget_bytes: as in :func:`run_grid`.
@@ -532,7 +568,8 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
 
     Axis values are checked before anything is traced: numbers, finite; "seed" a
     non-negative integer; the trainer's hyper-parameters (:data:`gmmssl.train.HPARAM_RANGES`)
-    and ``spec.ranges`` within their ranges; each value once, and one the cells can hold as
+    and ``spec.ranges`` within their ranges (every range checked, low <= high; an axis whose
+    range is a string is refused with it); each value once, and one the cells can hold as
     given (int32 for an axis of integers, float32 otherwise). Before that, a grid whose axis
     values alone exceed the budget is refused from the axes' lengths, and so is a cell
     whose ``spec.cell_bytes`` (one per device) exceeds it.
@@ -544,11 +581,14 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
     say = progress or (lambda line: None)
     budget = default_budget_bytes() if budget_bytes is None else budget_bytes
     _check_grid_size(spec.axes, budget)
-    _validate_axes(spec.axes, {**_hparam_ranges(), **dict(spec.ranges)})
+    ranges = _axis_ranges(spec.ranges)
+    _refuse_unused_axes(spec.axes, ranges)
+    _validate_axes(spec.axes, ranges)
     grid = flatten_grid(spec.axes)
     size = len(next(iter(grid.values())))
     devices = jax.devices()
     num_devices = len(devices)
+    requested = None if chunk_size is None else int(chunk_size)
     if chunk_size is not None:
         chunk_size = min(int(chunk_size), math.ceil(size / num_devices) * num_devices)  # no more than the grid
         if chunk_size * spec.cell_bytes > budget:
@@ -584,7 +624,7 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
                     diffs += [] if old.get("axes") == manifest["axes"] else ["the grid axes"]
                     raise ValueError(f"--resume: {out} was written by a different config; differing: "
                                      + ("; ".join(diffs) or "the stored fingerprint"))
-                stored_chunk = old.get("chunk_size")
+                stored_chunk = old.get("cells_per_device")  # None: an older sweep.json (no digests either)
                 digests = old.get("chunks") if isinstance(old.get("chunks"), dict) else None
             have, trusted = _load_finished(out, key, size, say, digests)
             return have, stored_chunk, trusted
@@ -594,13 +634,21 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
         return {}, None, {}
 
     # the folder is process 0's (see gmmssl.distributed): it reads it, every process gets the finished cells
-    have, stored_chunk, trusted = distributed.on_leader(open_folder) if out is not None else ({}, None, {})
-    if chunk_size is None and stored_chunk and stored_chunk % num_devices == 0:
-        chunk_size = stored_chunk
+    have, stored_width, trusted = distributed.on_leader(open_folder) if out is not None else ({}, None, {})
+    # A cell's numbers are bit-identical only between programs of the same width (cells per
+    # device): XLA batches and fuses by it. Resuming keeps the stored width on any number of
+    # devices (the chunk is that width times the devices, padded), and refuses another one.
+    if stored_width and have and (requested is None or requested == stored_width * num_devices):
+        chunk_size = int(stored_width) * num_devices  # not clamped to the grid: padded instead
     if chunk_size is None:
         chunk_size = choose_chunk_size(spec.cell_bytes, size, num_devices, budget,
                                        max_cells=CPU_MAX_CHUNK if cpu_measures() else None)
     chunk = max(num_devices, (int(chunk_size) // num_devices) * num_devices)
+    if stored_width and have and chunk // num_devices != stored_width:
+        raise ValueError(f"--resume: the stored cells were computed {stored_width} per device; this run would compute "
+                         f"{chunk // num_devices} per device ({chunk} cells on {num_devices} device(s)), and a cell's "
+                         f"numbers are bit-identical only at equal cells per device: use --chunk-size "
+                         f"{stored_width * num_devices}, or --overwrite")
 
     def write_manifest():
         atomic_write(out / "sweep.json", json.dumps(manifest, indent=2) + "\n")
@@ -615,6 +663,7 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
 
     if out is not None:
         manifest["chunk_size"] = chunk
+        manifest["cells_per_device"] = chunk // num_devices
         manifest["chunks"] = dict(trusted)  # the stored chunks that were checked and kept
         distributed.on_leader(write_manifest)
 

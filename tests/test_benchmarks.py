@@ -21,7 +21,13 @@ def test_bench_device_quick_writes_json_and_markdown(tmp_path):
         assert row["median_s"] > 0 and row["compile_s"] > 0 and 0 < row["fraction_of_peak"]
     assert {r["loss"] for r in report["kernels"]["rows"]} >= {"infonce", "simsiam", "infonce_population"}
     methods = {r["method"] for r in report["sweep"]["rows"]}
-    assert methods - {"torch_loop"} == {"grid", "loop_models", "loop_steps"}  # torch only when installed
+    assert methods - {"torch_loop"} == {"grid", "handwritten", "loop_models", "loop_steps"}  # torch only when installed
+    # the hand-written jit(vmap(lax.scan)) program, side by side: each grid row's ratio to it
+    hand = {r["G"]: r["model_steps_per_s"] for r in report["sweep"]["rows"] if r["method"] == "handwritten"}
+    assert sorted(hand) == [1, 4] and all(v > 0 for v in hand.values())
+    for r in report["sweep"]["rows"]:
+        if r["method"] == "grid":
+            assert r["ratio_to_handwritten"] == pytest.approx(r["model_steps_per_s"] / hand[r["G"]])
     # the grid at gmmssl's float32 matmul precision and at the chip's default, side by side
     assert sorted((r["G"], r["precision"]) for r in report["sweep"]["rows"] if r["method"] == "grid") == \
         [(1, "default"), (1, "highest"), (4, "default"), (4, "highest")]

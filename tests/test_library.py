@@ -89,8 +89,10 @@ def test_optimizer_and_schedule_are_the_users_choice():
     np.testing.assert_allclose(out.history["learning_rate"], [0.1 * 9 / 20, 0.1 * 19 / 20], rtol=1e-6)
     np.testing.assert_allclose(learning_rate_schedule(warm, 0.1)(10), 0.05, rtol=1e-6)
     # a ready transformation keeps its own rate: no rate to record
-    fixed = train(key, GMM, hp, TrainConfig(optimizer=optax.sgd(0.01), **SMALL))
+    fixed = train(key, GMM, {"delta": 1.0}, TrainConfig(optimizer=optax.sgd(0.01), **SMALL))
     assert "learning_rate" not in fixed.history and np.all(np.isfinite(fixed.params["A"]))
+    with pytest.raises(ValueError, match="learning_rate"):  # a rate it would not use: refused, not ignored
+        train(key, GMM, hp, TrainConfig(optimizer=optax.sgd(0.01), **SMALL))
     with pytest.raises(ValueError, match="optimizer must be an optax optimizer factory"):
         train(key, GMM, hp, TrainConfig(optimizer="adam", **SMALL))
     with pytest.raises(ValueError, match="schedule must be one of"):
@@ -243,3 +245,14 @@ def test_plots_select_agg_once_and_keep_a_backend_the_user_chose(tmp_path):
         assert matplotlib.get_backend().lower() == "svg"
     finally:
         matplotlib.use("Agg")
+
+
+def test_the_docs_pandas_comes_with_an_extra():
+    """The docs' tables use pandas, which the library itself does not need: the
+    ``analysis`` extra installs it (the guide says which extra each section needs)."""
+    from importlib.metadata import metadata
+
+    meta = metadata("gmmssl")
+    assert "analysis" in meta.get_all("Provides-Extra")
+    assert any(r.startswith("pandas") and 'extra == "analysis"' in r for r in meta.get_all("Requires-Dist"))
+    assert not any(r.startswith("pandas") and "extra ==" not in r for r in meta.get_all("Requires-Dist"))

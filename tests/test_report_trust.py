@@ -172,3 +172,13 @@ def test_real_refuses_a_bad_features_file_in_one_line(tmp_path, capsys, make):
     assert main(["run", "real", "--set", f"features={path}", "--out", str(tmp_path / "out")]) == 2
     err = _one_line(capsys)
     assert str(path) in err and what in err, err
+
+
+def test_report_writes_both_documents_or_neither(finished_tiny, tmp_path, capsys):
+    """Pancakes finished, no open question's experiment: with --partial, RESULTS.md could be
+    written but docs/open-questions.md cannot; the report refuses before writing either."""
+    root, _ = _results_under(finished_tiny, tmp_path, "pancakes")
+    docs = tmp_path / "docs"
+    assert _report(root, docs, "--partial") == 2
+    assert "docs/open-questions.md" in _one_line(capsys)
+    assert not docs.exists() or not list(docs.iterdir())

@@ -106,3 +106,25 @@ def test_a_cell_or_a_grid_above_the_budget_is_refused_before_the_grid_is_built(m
     with pytest.raises(ValueError, match=r"one grid cell needs about 2 GiB by the memory estimate, above the budget "
                                          r"of 1 GiB"):
         map_grid(_twice, {"x": [1.0]}, cell_bytes=2 << 30, budget_bytes=1 << 30)
+
+
+def test_resume_keeps_the_cells_per_device_and_refuses_another(tmp_path):
+    """A cell's numbers are bit-identical only between programs of the same width (cells per
+    device): resume keeps the stored width, and refuses a chunk size that would change it."""
+    from gmmssl.sweep import map_grid
+
+    axes = {"x": [float(i) for i in range(8)]}
+
+    def fn(c):
+        return {"y": c["x"] * 2.0}
+
+    first = map_grid(fn, axes, out_dir=tmp_path, fingerprint={"fn": "y"}, chunk_size=4)
+    manifest = json.loads((tmp_path / "sweep.json").read_text())
+    assert manifest["cells_per_device"] == 4 and manifest["numerics"]["xla_flags"] is not None
+    with pytest.raises(ValueError, match=r"computed 4 per device; this run would compute 2 per device .*"
+                                         r"use --chunk-size 4, or --overwrite"):
+        map_grid(fn, axes, out_dir=tmp_path, fingerprint={"fn": "y"}, resume=True, chunk_size=2)
+    lines = []
+    again = map_grid(fn, axes, out_dir=tmp_path, fingerprint={"fn": "y"}, resume=True, progress=lines.append)
+    assert [r["y"] for r in again] == [r["y"] for r in first] and "chunk 2/2" in lines[-1]
+    assert json.loads((tmp_path / "sweep.json").read_text())["cells_per_device"] == 4

@@ -86,16 +86,19 @@ def test_a_damaged_or_misplaced_chunk_is_recomputed_never_loaded_onto_other_cell
     assert (tmp_path / (target.name + ".rejected")).exists()
 
 
-def test_resume_after_a_kill_with_another_chunk_size_puts_every_number_on_its_cell(tmp_path):
+def test_resume_after_a_kill_keeps_the_cells_per_device_and_puts_every_number_on_its_cell(tmp_path):
     with pytest.raises(_Stop):
         run_grid(_toy(), out_dir=tmp_path, chunk_size=6, progress=_stop_after(2))
     assert len(list(tmp_path.glob("chunk_*.npz"))) == 2
+    # another chunk size would compute the rest with another program: refused, nothing mixed
+    with pytest.raises(ValueError, match="computed 6 per device; this run would compute 4 per device"):
+        run_grid(_toy(), out_dir=tmp_path, chunk_size=4, resume=True)
     stats = {}
-    grid, out = run_grid(_toy(), out_dir=tmp_path, chunk_size=4, resume=True, stats=stats)
+    grid, out = run_grid(_toy(), out_dir=tmp_path, resume=True, stats=stats)  # the stored 6 per device
     np.testing.assert_allclose(out["metrics"]["toy"]["value"], _expected(grid), rtol=1e-6)
     assert stats == {"computed": 3, "reused": 12}  # cells 0-11 were stored: only 12-14 are computed
     names = sorted(p.name for p in tmp_path.glob("chunk_*.npz"))
-    assert names[0] == "chunk_000000000-000000004.npz" and len(names) == 4  # one layout left
+    assert names == ["chunk_000000000-000000006.npz", "chunk_000000006-000000012.npz", "chunk_000000012-000000015.npz"]
 
 
 def test_resume_on_four_devices_of_a_one_device_run(tmp_path):

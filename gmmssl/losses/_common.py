@@ -1,11 +1,13 @@
-"""Helpers shared by the losses: shape checks, similarities, NaN-safe normalization."""
+"""Helpers shared by the losses: shape and mask checks, similarities, NaN-safe normalization,
+masked reductions."""
 from __future__ import annotations
 
 import chex
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-from gmmssl._validate import check_choice, check_range
+from gmmssl._validate import check_choice, check_range, is_concrete
 
 SIMILARITIES = ("dot", "cosine")
 
@@ -49,25 +51,69 @@ def similarity_logits(z, z_pos, temperature, similarity: str):
 REDUCTIONS = ("mean", "none")
 
 
-def check_mask(mask, batch: int, name: str = "mask"):
-    """None, or a (B,) array of booleans / 0-1 weights marking the rows that count
-    (padded rows: False). Returns it as a float array (or None)."""
+def check_mask(mask, batch: int, name: str = "mask", min_rows: int = 1):
+    """None, or a (B,) boolean array marking the rows that count (padded rows: False).
+    Returns it as a jax bool array (or None).
+
+    Refused with a one-line ValueError naming the argument: another shape; another dtype
+    (a float 0.5 or an integer 2 is not a yes/no answer: pass ``weights > 0``); and, when
+    the mask is concrete (not traced inside jit/vmap/grad), one that keeps fewer than
+    ``min_rows`` rows: no row at all (a mean over no rows is undefined), or fewer than
+    the batch the loss needs (B ≥ 2 for the losses that compare rows within the batch or
+    take batch statistics, as :func:`check_pair` refuses for an unmasked batch). A traced
+    mask cannot be checked: the losses then return NaN for the mean over no rows
+    (:func:`reduce`).
+    """
     if mask is None:
         return None
+    if not hasattr(mask, "dtype"):  # a list or tuple
+        mask = np.asarray(mask)
     shape = jnp.shape(mask)
     if shape != (batch,):
         raise ValueError(f"{name} must have shape (B,) = ({batch},) to match the embeddings, got {shape}")
-    return jnp.asarray(mask, jnp.result_type(float))
+    dtype = np.dtype(mask.dtype)
+    if dtype != np.bool_:
+        raise ValueError(f"{name} must be a boolean array (True: the row counts), got dtype {dtype}; "
+                         f"for 0/1 values pass {name} > 0")
+    if is_concrete(mask):
+        kept = int(np.count_nonzero(np.asarray(mask)))
+        if kept == 0:
+            raise ValueError(f"{name} keeps no row (every entry is False): a loss over no rows is undefined")
+        if kept < min_rows:
+            raise ValueError(f"{name} keeps {kept} of {batch} rows; this loss compares rows within the batch or "
+                             f"takes batch statistics and needs at least {min_rows} (as for an unmasked batch)")
+    return jnp.asarray(mask)
+
+
+def keep_rows(keep, *arrays):
+    """The arrays with the rows ``keep`` drops replaced by 0, before any arithmetic: the
+    first half of the double ``where``. A NaN or inf in a padded row then reaches neither
+    the value nor, through the backward pass (the cotangent of ``where`` on a dropped row
+    is exactly 0, never 0 · NaN), any gradient; :func:`reduce` does the second half,
+    zeroing the dropped rows' per-example values. ``keep`` None: the arrays unchanged."""
+    if keep is None:
+        return arrays
+    return tuple(jnp.where(keep.reshape((-1,) + (1,) * (a.ndim - 1)), a, jnp.zeros((), a.dtype)) for a in arrays)
+
+
+def safe_columns(keep):
+    """The rows that may serve as negatives / columns: ``keep``, or every row when ``keep``
+    keeps none (only possible for a traced mask), so that no row of logits is all −inf and
+    the computation stays finite; the mean over no rows is then NaN by :func:`reduce`, and
+    every gradient 0."""
+    return keep | ~jnp.any(keep)
 
 
 def reduce(values, mask, reduction: str):
     """Per-example ``values`` (B,) → the loss: "none" gives them (0 on masked rows),
-    "mean" their mean over the rows the mask keeps (all rows without a mask; NaN when
-    the mask keeps none)."""
+    "mean" their mean over the rows the boolean mask keeps (all rows without a mask).
+    A mask that keeps no row (traced: a concrete one is refused by :func:`check_mask`)
+    gives NaN for the mean, 0 on every row for "none", and zero gradients."""
     check_choice("reduction", reduction, REDUCTIONS)
     if mask is None:
         return values if reduction == "none" else jnp.mean(values)
-    values = jnp.where(mask > 0, values, 0.0)
+    values = jnp.where(mask, values, jnp.zeros((), values.dtype))
     if reduction == "none":
         return values
-    return jnp.sum(values * mask) / jnp.sum(mask)
+    n = jnp.sum(mask)
+    return jnp.where(n > 0, jnp.sum(values) / jnp.maximum(n, 1).astype(values.dtype), jnp.nan)

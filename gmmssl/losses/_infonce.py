@@ -8,7 +8,8 @@ from jax.nn import logsumexp
 
 from gmmssl._validate import check_choice, check_range
 from gmmssl.backend import fused_low_rank
-from gmmssl.losses._common import REDUCTIONS, check_mask, check_pair, reduce, similarity_inputs, similarity_logits
+from gmmssl.losses._common import (REDUCTIONS, check_mask, check_pair, keep_rows, reduce, safe_columns,
+                                   similarity_inputs, similarity_logits)
 
 
 @jax.custom_jvp
@@ -106,6 +107,7 @@ def infonce(z, z_pos, *, temperature=1.0, similarity: str = "dot", symmetric: bo
     row i are the positives z⁺_j of the other rows (j ≠ i); the positive z⁺_i is in
     the denominator too. ``symmetric=True`` averages this with the column direction,
     :math:`L_i = \tfrac12[(\log\sum_j e^{\ell_{ij}} - \ell_{ii}) + (\log\sum_j e^{\ell_{ji}} - \ell_{ii})]`.
+    With a mask, B is the number of rows kept and i, j run over them.
 
     Relation to ``optax.losses.ntxent`` (SimCLR's NT-Xent) on
     ``concatenate([z, z_pos])`` with labels ``[0..B-1, 0..B-1]``: NT-Xent's anchor z_i
@@ -128,8 +130,11 @@ def infonce(z, z_pos, *, temperature=1.0, similarity: str = "dot", symmetric: bo
       similarity: "dot" (the linear theory's choice) or "cosine" (rows normalized
         NaN-safely: zero rows give zero similarity).
       symmetric: average both directions.
-      mask: None or (B,) booleans: rows with False (padding) are neither anchors nor
-        negatives.
+      mask: None or (B,) booleans (dtype bool): rows with False (padding) are neither
+        anchors nor negatives, selected out before any arithmetic: a NaN or inf in them
+        reaches neither the value nor a gradient (theirs is exactly 0). A concrete mask
+        keeping fewer than 2 rows is refused (ValueError); a traced one keeping no row
+        gives NaN, with zero gradients (:mod:`gmmssl.losses`).
       reduction: "mean" (the scalar mean over the rows kept) or "none" (the (B,)
         per-example values L_i, 0 on masked rows).
 
@@ -146,24 +151,27 @@ def infonce(z, z_pos, *, temperature=1.0, similarity: str = "dot", symmetric: bo
     """
     check_pair(z, z_pos, min_batch=2)
     check_choice("reduction", reduction, REDUCTIONS)
-    keep = check_mask(mask, z.shape[0])
-    cols = jnp.ones(z.shape[:1], z.dtype) if keep is None else keep
+    keep = check_mask(mask, z.shape[0], min_rows=2)
+    if keep is None:
+        cols = None
+    else:  # masked rows are 0 before any arithmetic: nothing of theirs reaches a value or gradient
+        z, z_pos = keep_rows(keep, z, z_pos)
+        cols = safe_columns(keep)
     if z.shape[1] <= SMALL_RANK and fused_low_rank():  # the fused kernel (CPU); the same value and gradient
         z, z_pos = similarity_inputs(z, z_pos, temperature, similarity)
         a = z / temperature
         diag = jnp.sum(a * z_pos, axis=1)
-        values = low_rank_logsumexp(a, z_pos, cols) - diag
+        weights = jnp.ones(z.shape[:1], z.dtype) if cols is None else cols.astype(z.dtype)
+        values = low_rank_logsumexp(a, z_pos, weights) - diag
         if symmetric:
-            values = 0.5 * (values + low_rank_logsumexp(z_pos, a, cols) - diag)
+            values = 0.5 * (values + low_rank_logsumexp(z_pos, a, weights) - diag)
         return reduce(values, keep, reduction)
     logits = similarity_logits(z, z_pos, temperature, similarity)
-    if keep is not None:
-        logits = jnp.where(keep[None, :] > 0, logits, -jnp.inf)
     diag = jnp.diagonal(logits)
-    values = row_logsumexp(logits) - diag
+    values = row_logsumexp(logits if cols is None else jnp.where(cols[None, :], logits, -jnp.inf)) - diag
     if symmetric:
-        values = 0.5 * (values + row_logsumexp(logits.T if keep is None else
-                                               jnp.where(keep[None, :] > 0, logits.T, -jnp.inf)) - diag)
+        values = 0.5 * (values + row_logsumexp(logits.T if cols is None else
+                                               jnp.where(cols[None, :], logits.T, -jnp.inf)) - diag)
     return reduce(values, keep, reduction)
 
 
@@ -180,7 +188,9 @@ def clip(z_a, z_b, *, temperature=1.0, similarity: str = "dot", mask=None, reduc
 
     Args:
       z_a: (B, r) first modality; z_b: (B, r) second modality, row i paired with z_a's row i.
-      mask, reduction: as in :func:`infonce`.
+      mask, reduction: as in :func:`infonce` (a boolean mask; padded pairs are selected
+        out before any arithmetic; a concrete mask keeping fewer than 2 rows is refused, a
+        traced one keeping no row gives NaN with zero gradients).
 
     Example:
       >>> import jax.numpy as jnp
@@ -215,7 +225,10 @@ def infonce_population(z, z_pos, neg_means, neg_cov, neg_log_weights, *, tempera
       neg_cov: (r, r) embedded shared covariance AᵀΣA.
       neg_log_weights: (K,) log mixture weights log π_j.
       temperature: τ > 0.
-      mask: None or (B,) booleans: rows with False (padding) are left out of the mean.
+      mask: None or (B,) booleans (dtype bool): rows with False (padding) are left out of
+        the mean, selected out before any arithmetic (a NaN or inf in them reaches neither
+        the value nor a gradient). A concrete mask keeping no row is refused (ValueError);
+        a traced one gives NaN, with zero gradients (:mod:`gmmssl.losses`).
       reduction: "mean" or "none" (the (B,) per-example values, 0 on masked rows).
 
     Example:
@@ -230,8 +243,10 @@ def infonce_population(z, z_pos, neg_means, neg_cov, neg_log_weights, *, tempera
     chex.assert_shape(neg_cov, (z.shape[1], z.shape[1]), custom_message="neg_cov must be (r, r)")
     chex.assert_shape(neg_log_weights, (neg_means.shape[0],), custom_message="neg_log_weights must be (K,)")
     check_range("temperature", temperature, 0.0, float("inf"), low_open=True, high_open=True)
+    keep = check_mask(mask, z.shape[0])
+    z, z_pos = keep_rows(keep, z, z_pos)
     t = temperature
     quad = 0.5 * jnp.einsum("br,rs,bs->b", z, neg_cov, z) / t**2  # (B,)
     lin = z @ neg_means.T / t  # (B, K)
     log_mgf = logsumexp(lin + neg_log_weights[None, :], axis=1) + quad
-    return reduce(log_mgf - jnp.sum(z * z_pos, axis=1) / t, check_mask(mask, z.shape[0]), reduction)
+    return reduce(log_mgf - jnp.sum(z * z_pos, axis=1) / t, keep, reduction)

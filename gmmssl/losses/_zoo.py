@@ -2,9 +2,11 @@ r"""The loss zoo: the self-supervised objectives of the libraries people train w
 (solo-learn, lightly), as exact drop-in equivalents on (B, r) embeddings.
 
 Each takes two (B, r) arrays, returns the batch mean (``reduction="mean"``, default) or
-(B,) per-example values (``"none"``), and takes a (B,) ``mask`` for padded rows, like
-the other losses of :mod:`gmmssl.losses`. Defaults are the original papers'. Losses built
-on batch statistics (Barlow Twins' cross-correlation, VICReg's variance and covariance
+(B,) per-example values (``"none"``), and takes a (B,) boolean ``mask`` for padded rows,
+like the other losses of :mod:`gmmssl.losses` (masked rows selected out before any
+arithmetic, so nothing of theirs reaches a value or gradient; a concrete mask keeping
+too few rows refused, a traced one keeping none giving NaN). Defaults are the original
+papers'. Losses built on batch statistics (Barlow Twins' cross-correlation, VICReg's variance and covariance
 terms) have no per-example decomposition of those terms: every kept row carries the
 batch term, so the mean of the per-example values is the loss.
 """
@@ -16,14 +18,18 @@ import jax
 import jax.numpy as jnp
 
 from gmmssl._validate import check_choice, check_range
-from gmmssl.losses._common import REDUCTIONS, check_mask, check_pair, normalize, reduce
+from gmmssl.losses._common import REDUCTIONS, check_mask, check_pair, keep_rows, normalize, reduce, safe_columns
 from gmmssl.losses._infonce import row_logsumexp
 
 
 def _start(z, z_pos, mask, reduction, min_batch=2, names=("z", "z_pos")):
+    """Checks; returns (keep, z, z_pos) with the masked rows of z and z_pos replaced by 0
+    before any arithmetic, so that nothing of theirs (NaN, inf) reaches a value or a
+    gradient (:func:`~gmmssl.losses._common.keep_rows`)."""
     check_pair(z, z_pos, names=names, min_batch=min_batch)
     check_choice("reduction", reduction, REDUCTIONS)
-    return check_mask(mask, z.shape[0])
+    keep = check_mask(mask, z.shape[0], min_rows=min_batch)
+    return (keep, *keep_rows(keep, z, z_pos))
 
 
 def _two_view(z, z_pos, temperature, keep, drop_positive: bool):
@@ -40,7 +46,8 @@ def _two_view(z, z_pos, temperature, keep, drop_positive: bool):
     if drop_positive:
         out = out | (idx[None, :] == pos[:, None])
     if keep is not None:
-        out = out | (jnp.concatenate([keep, keep])[None, :] <= 0)
+        cols = safe_columns(keep)
+        out = out | ~jnp.concatenate([cols, cols])[None, :]
     per_anchor = row_logsumexp(jnp.where(out, -jnp.inf, s)) - s[idx, pos]
     return 0.5 * (per_anchor[:b] + per_anchor[b:])
 
@@ -54,13 +61,18 @@ def ntxent(z, z_pos, *, temperature=0.5, mask=None, reduction: str = "mean"):
 
     with p(a) the other view of anchor a: its positive; the other 2B − 2 embeddings are
     its negatives, and the positive stays in the denominator. Per-example values (B,):
-    the mean of each pair's two anchors. Equals ``optax.losses.ntxent`` on
+    the mean of each pair's two anchors. With a mask, B is the number of pairs kept and
+    a, b run over their 2B embeddings. Equals ``optax.losses.ntxent`` on
     ``concatenate([z, z_pos])`` with labels ``[0..B-1, 0..B-1]`` (tested).
 
     Args:
       z, z_pos: (B, r) embeddings of the two views (B ≥ 2).
       temperature: τ > 0 (SimCLR: 0.5; may be traced).
-      mask: None or (B,) booleans: padded pairs (False) are neither anchors nor negatives.
+      mask: None or (B,) booleans (dtype bool): padded pairs (False) are neither anchors
+        nor negatives, selected out before any arithmetic: a NaN or inf in them reaches
+        neither the value nor a gradient (theirs is exactly 0). A concrete mask keeping
+        fewer than 2 rows is refused (ValueError); a traced one keeping no row gives NaN,
+        with zero gradients (:mod:`gmmssl.losses`).
       reduction: "mean" or "none".
 
     Example:
@@ -68,7 +80,7 @@ def ntxent(z, z_pos, *, temperature=0.5, mask=None, reduction: str = "mean"):
       >>> round(float(ntxent(jnp.eye(2), jnp.eye(2))), 4)
       0.2395
     """
-    keep = _start(z, z_pos, mask, reduction)
+    keep, z, z_pos = _start(z, z_pos, mask, reduction)
     return reduce(_two_view(z, z_pos, temperature, keep, drop_positive=False), keep, reduction)
 
 
@@ -86,18 +98,20 @@ def dcl(z, z_pos, *, temperature=0.1, mask=None, reduction: str = "mean"):
     Args:
       z, z_pos: (B, r) embeddings of the two views (B ≥ 2).
       temperature: τ > 0 (DCL: 0.1).
-      mask, reduction: as in :func:`ntxent`.
+      mask, reduction: as in :func:`ntxent` (a traced mask keeping a single row gives NaN:
+        its anchors have no negative).
 
     Example:
       >>> import jax.numpy as jnp
       >>> round(float(dcl(jnp.eye(2), jnp.eye(2), temperature=1.0)), 4)
       -0.3069
     """
-    keep = _start(z, z_pos, mask, reduction)
+    keep, z, z_pos = _start(z, z_pos, mask, reduction)
     return reduce(_two_view(z, z_pos, temperature, keep, drop_positive=True), keep, reduction)
 
 
 def _weights(keep, b, dtype):
+    """Row weights (1 kept, 0 masked) and their sum n."""
     w = jnp.ones((b,), dtype) if keep is None else keep.astype(dtype)
     return w, jnp.sum(w)
 
@@ -117,7 +131,11 @@ def barlow_twins(z, z_pos, *, lambda_=5e-3, eps=1e-5, mask=None, reduction: str 
       z, z_pos: (B, r) embeddings of the two views (B ≥ 2).
       lambda_: λ ≥ 0, weight of the off-diagonal terms (paper: 5e-3).
       eps: ε > 0 (1e-5).
-      mask: None or (B,) booleans: the statistics use the kept rows only.
+      mask: None or (B,) booleans (dtype bool): the statistics use the kept rows only;
+        masked rows are selected out before any arithmetic, so a NaN or inf in them
+        reaches neither the value nor a gradient (theirs is exactly 0). A concrete mask
+        keeping fewer than 2 rows is refused (ValueError); a traced one keeping no row
+        gives NaN, with zero gradients (:mod:`gmmssl.losses`).
       reduction: "mean" or "none".
 
     Example:
@@ -126,10 +144,11 @@ def barlow_twins(z, z_pos, *, lambda_=5e-3, eps=1e-5, mask=None, reduction: str 
       >>> round(float(barlow_twins(z, z)), 4)
       0.0
     """
-    keep = _start(z, z_pos, mask, reduction)
+    keep, z, z_pos = _start(z, z_pos, mask, reduction)
     check_range("lambda_", lambda_, 0.0, float("inf"), high_open=True)
     check_range("eps", eps, 0.0, float("inf"), low_open=True, high_open=True)
     w, n = _weights(keep, z.shape[0], z.dtype)
+    n = jnp.maximum(n, 1.0)  # no row kept (a traced mask): statistics stay finite, the mean is NaN in reduce
 
     def standardize(v):
         mean = jnp.sum(w[:, None] * v, axis=0) / n
@@ -159,7 +178,12 @@ def vicreg(z, z_pos, *, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0, eps=1e-4,
       z, z_pos: (B, r) embeddings of the two views (B ≥ 2).
       sim_coeff, std_coeff, cov_coeff: λ, μ, ν ≥ 0 (paper: 25, 25, 1).
       eps: ε > 0 (1e-4).
-      mask: None or (B,) booleans: the statistics use the kept rows only.
+      mask: None or (B,) booleans (dtype bool): the statistics use the kept rows only;
+        masked rows are selected out before any arithmetic, so a NaN or inf in them
+        reaches neither the value nor a gradient (theirs is exactly 0). A concrete mask
+        keeping fewer than 2 rows is refused (ValueError); a traced one keeping no row
+        gives NaN, with zero gradients, and one keeping a single row NaN (the unbiased
+        statistics divide by n − 1) (:mod:`gmmssl.losses`).
       reduction: "mean" or "none".
 
     Example:
@@ -168,16 +192,18 @@ def vicreg(z, z_pos, *, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0, eps=1e-4,
       >>> round(float(vicreg(z, z)), 4)
       0.0
     """
-    keep = _start(z, z_pos, mask, reduction)
+    keep, z, z_pos = _start(z, z_pos, mask, reduction)
     for name, v in (("sim_coeff", sim_coeff), ("std_coeff", std_coeff), ("cov_coeff", cov_coeff)):
         check_range(name, v, 0.0, float("inf"), high_open=True)
     check_range("eps", eps, 0.0, float("inf"), low_open=True, high_open=True)
     w, n = _weights(keep, z.shape[0], z.dtype)
     r = z.shape[1]
+    # no row kept (a traced mask): statistics stay finite, the mean is NaN in reduce; one row: NaN (n − 1 = 0)
+    mean_div, cov_div = jnp.maximum(n, 1.0), jnp.where(n > 0, n - 1.0, 1.0)
 
     def var_cov(v):
-        centered = (v - jnp.sum(w[:, None] * v, axis=0) / n) * jnp.sqrt(w)[:, None]
-        cov = centered.T @ centered / (n - 1.0)
+        centered = (v - jnp.sum(w[:, None] * v, axis=0) / mean_div) * jnp.sqrt(w)[:, None]
+        cov = centered.T @ centered / cov_div
         std = jnp.sqrt(jnp.diagonal(cov) + eps)
         off = jnp.sum(cov**2) - jnp.sum(jnp.diagonal(cov) ** 2)
         return jnp.mean(jax.nn.relu(1.0 - std)), off / r
@@ -198,14 +224,18 @@ def negative_cosine(p, z, *, mask=None, reduction: str = "mean"):
 
     Args:
       p: (B, r) predictions; z: (B, r) targets.
-      mask, reduction: as the other losses.
+      mask: None or (B,) booleans (dtype bool): padded rows (False) are left out of the
+        mean, selected out before any arithmetic (a NaN or inf in them reaches neither the
+        value nor a gradient). A concrete mask keeping no row is refused (ValueError); a
+        traced one gives NaN, with zero gradients (:mod:`gmmssl.losses`).
+      reduction: "mean" or "none".
 
     Example:
       >>> import jax.numpy as jnp
       >>> float(negative_cosine(jnp.eye(2), 3.0 * jnp.eye(2)))
       -1.0
     """
-    keep = _start(p, z, mask, reduction, min_batch=1, names=("p", "z"))
+    keep, p, z = _start(p, z, mask, reduction, min_batch=1, names=("p", "z"))
     return reduce(-jnp.sum(normalize(p) * normalize(z), axis=1), keep, reduction)
 
 
@@ -216,12 +246,16 @@ def byol(p, z_target, *, mask=None, reduction: str = "mean"):
     stop-gradient; the trainer's "byol" objective keeps the target as an exponential
     moving average of the online projector and symmetrizes over the views).
 
+    Args:
+      p: (B, r) predictions; z_target: (B, r) targets.
+      mask, reduction: as in :func:`negative_cosine`.
+
     Example:
       >>> import jax.numpy as jnp
       >>> float(byol(jnp.eye(2), -jnp.eye(2)))
       4.0
     """
-    keep = _start(p, z_target, mask, reduction, min_batch=1, names=("p", "z_target"))
+    keep, p, z_target = _start(p, z_target, mask, reduction, min_batch=1, names=("p", "z_target"))
     return reduce(2.0 - 2.0 * jnp.sum(normalize(p) * normalize(z_target), axis=1), keep, reduction)
 
 
@@ -233,14 +267,19 @@ def siglip(z, z_pos, *, log_temperature=math.log(10.0), bias=-10.0, mask=None, r
        L_i = -\sum_j \log\sigma\big(y_{ij}\,\ell_{ij}\big),\qquad L = \frac1B\sum_i L_i
 
     with :math:`y_{ij} = 1` for i = j and −1 otherwise: every pair is its own binary
-    problem, no softmax over the batch. t (the log temperature) and b are learnable
+    problem, no softmax over the batch (with a mask, B is the number of rows kept and i, j
+    run over them). t (the log temperature) and b are learnable
     (the trainer's "siglip" objective trains them), initialized at t = log 10, b = −10.
 
     Args:
       z, z_pos: (B, r) embeddings of matched pairs (B ≥ 2).
       log_temperature: t (may be traced or a parameter).
       bias: b.
-      mask: None or (B,) booleans: padded rows are neither anchors nor negatives.
+      mask: None or (B,) booleans (dtype bool): padded rows are neither anchors nor
+        negatives, selected out before any arithmetic: a NaN or inf in them reaches neither
+        the value nor a gradient (theirs is exactly 0). A concrete mask keeping fewer than
+        2 rows is refused (ValueError); a traced one keeping no row gives NaN, with zero
+        gradients (:mod:`gmmssl.losses`).
       reduction: "mean" or "none".
 
     Example:
@@ -248,12 +287,12 @@ def siglip(z, z_pos, *, log_temperature=math.log(10.0), bias=-10.0, mask=None, r
       >>> round(float(siglip(jnp.eye(2), jnp.eye(2))), 4)  # log 2 + log(1 + e^-10)
       0.6932
     """
-    keep = _start(z, z_pos, mask, reduction)
+    keep, z, z_pos = _start(z, z_pos, mask, reduction)
     logits = jnp.exp(log_temperature) * (normalize(z) @ normalize(z_pos).T) + bias
     labels = 2.0 * jnp.eye(z.shape[0], dtype=logits.dtype) - 1.0
     terms = -jax.nn.log_sigmoid(labels * logits)
     if keep is not None:
-        terms = jnp.where(keep[None, :] > 0, terms, 0.0)
+        terms = jnp.where(keep[None, :], terms, 0.0)
     return reduce(jnp.sum(terms, axis=1), keep, reduction)
 
 
