@@ -108,8 +108,10 @@ def test_the_history_means_what_its_docstring_says():
     state, m = _loop(key, G, hp, cfg)
     schedule = learning_rate_schedule(cfg, hp["learning_rate"])
     lasts = np.arange(cfg.log_every - 1, cfg.steps, cfg.log_every)
-    np.testing.assert_allclose(m["learning_rate"], [schedule(t) for t in range(cfg.steps)], rtol=1e-6)
-    np.testing.assert_allclose(res.history["learning_rate"], [schedule(t) for t in lasts], rtol=1e-6)
+    # the cosine's float32 rounding is relative to its peak (1 + cos cancels near the end):
+    # 1e-6 of the peak, whether compiled inside the step or computed eagerly here
+    np.testing.assert_allclose(m["learning_rate"], [schedule(t) for t in range(cfg.steps)], rtol=0, atol=1e-7)
+    np.testing.assert_allclose(res.history["learning_rate"], [schedule(t) for t in lasts], rtol=0, atol=1e-7)
     assert not np.allclose(res.history["learning_rate"], m["learning_rate"].reshape(3, 4).mean(1))  # not a mean
     np.testing.assert_allclose(res.history["loss"], m["loss"].reshape(3, 4).mean(1), rtol=1e-6)
     np.testing.assert_allclose(res.history["temperature"], m["temperature"].reshape(3, 4).mean(1), rtol=1e-6)
