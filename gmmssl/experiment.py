@@ -357,25 +357,15 @@ _CHUNK_FILES = ("chunk_*.npz", "chunk_*.npz.rejected", "sweep.json", ".*.tmp")  
 
 
 def _owned(out_dir: Path) -> set[str]:
-    """The names in ``out_dir`` that gmmssl wrote: those its manifest lists; for a folder
-    finished by an older gmmssl (no manifest, but a config.json of gmmssl's layout) its
-    outputs, run files and the .png figures that config.json lists; else none."""
+    """The names in ``out_dir`` that gmmssl wrote: those its manifest (:data:`MANIFEST`)
+    lists; none without one (a config.json alone proves nothing: anyone can write one)."""
     try:
         manifest = json.loads((out_dir / MANIFEST).read_text())
         if manifest.get("written_by") == "gmmssl" and isinstance(manifest.get("files"), list):
             return {str(n) for n in manifest["files"]} | {MANIFEST}
     except (OSError, ValueError, AttributeError):
         pass
-    try:
-        meta = json.loads((out_dir / "config.json").read_text())
-        legacy = {"experiment", "run", "environment"} <= set(meta) and "gmmssl" in meta["environment"]
-    except (OSError, ValueError, TypeError, AttributeError):
-        legacy = False
-    if not legacy:
-        return set()
-    figures = {str(n) for n in meta.get("figures", []) if isinstance(n, str) and n == Path(n).name
-               and n.endswith(".png")}
-    return {*OUTPUTS, *_FOLDER_NAMES, *figures}
+    return set()
 
 
 def _claim(out_dir: Path, names) -> None:

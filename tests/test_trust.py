@@ -307,6 +307,8 @@ def test_resuming_after_a_code_change_under_the_same_version_is_refused(finished
     {"results.csv": "a,b\n1,2\n", "projectors.npz": "mine", "fig.png": "mine", ".lock": "mine"},  # no config.json
     {"config.json": '{"figures": ["paper.tex", "fig1.pdf"]}', "paper.tex": "mine", "fig1.pdf": "mine",
      "chunks/mine.txt": "mine"},  # another tool's config.json
+    {"config.json": '{"experiment": "pancakes", "run": "0", "environment": {"gmmssl": "0.1.0"}, '
+                    '"figures": ["thesis.png"]}', "thesis.png": "mine", "results.csv": "a\n1\n"},  # one in gmmssl's layout
 ])
 def test_a_folder_of_someone_elses_files_is_never_written_or_deleted(tmp_path, capsys, files):
     out = tmp_path / "theirs"
