@@ -100,6 +100,7 @@ def axes_of(config: dict) -> dict:
 
 def build(config: dict) -> Sweep:
     check_choice("mixture", config["mixture"], MIXTURE_AXES)
+    check_int("d", config["d"], low=2)  # before any mixture is drawn (d = 0 divided by zero)
     if config["r_from_k"]:  # r = K − 1, the Fisher subspace's dimension, for each K
         config = {**config, "r": config["num_components"] - 1}
     train_config = TrainConfig(r=config["r"], batch_size=config["batch_size"], steps=config["steps"],
