@@ -13,22 +13,25 @@ differs between the CPU and accelerators), :mod:`gmmssl.results` (tidy tables, v
 paper's experiments in :mod:`gmmssl.experiments`, the benchmarks in
 :mod:`gmmssl.benchmarks`.
 
-The library modules are imported with the package (``import gmmssl; gmmssl.losses.infonce``);
-the others (plots, the runner, the CLI, experiments, benchmarks) on first use.
+Every module is imported on first use (``import gmmssl; gmmssl.losses.infonce`` works, and so
+does ``from gmmssl import losses``): ``import gmmssl`` itself imports nothing heavy, so the
+command line starts, and handles Ctrl-C, before JAX is loaded.
 """
 import importlib
 
-from gmmssl import (augment, backend, data, distributed, evaluate, exact, fisher, gmm, losses, metrics, projectors,
-                    results, sweep, train)
-
 __version__ = "0.1.0"
 
+_LIBRARY = ("augment", "backend", "data", "distributed", "evaluate", "exact", "fisher", "gmm", "losses", "metrics",
+            "projectors", "results", "sweep", "train")
 _LAZY = ("benchmarks", "cli", "experiment", "experiments", "plots", "report")
-__all__ = ["__version__", "augment", "backend", "data", "distributed", "evaluate", "exact", "fisher", "gmm", "losses",
-           "metrics", "projectors", "results", "sweep", "train", *_LAZY]
+__all__ = ["__version__", *_LIBRARY, *_LAZY]
 
 
 def __getattr__(name):
-    if name in _LAZY:
+    if name in _LIBRARY or name in _LAZY:
         return importlib.import_module(f"gmmssl.{name}")
     raise AttributeError(f"module 'gmmssl' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -38,7 +38,13 @@ def check_range(name: str, value, low: float, high: float, *, low_open=False, hi
     """
     if not is_concrete(value):
         return value
-    arr = np.asarray(value, dtype=np.float64)
+    try:
+        arr = np.asarray(value)
+    except Exception:  # noqa: BLE001 - ragged lists and the like
+        arr = np.asarray(None)
+    if arr.dtype.kind not in "biuf":  # complex, strings, objects: never coerced
+        raise ValueError(f"{name} must be a real number (or real numbers), got {value!r}")
+    arr = arr.astype(np.float64)
     lo_b = "(" if low_open else "["
     hi_b = ")" if high_open else "]"
     if not np.all(np.isfinite(arr)):

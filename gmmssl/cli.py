@@ -5,18 +5,111 @@ Exit statuses of ``run``: 0 done; 1 invalid (diverged) cells, or a failed claim 
 distributed run also processes started with other arguments, config or libraries, and a
 run whose processes could not connect); 3 another process of a distributed run died or
 stopped answering (``--coordinator``; see :mod:`gmmssl.distributed`); 130 interrupted
-(Ctrl-C: the finished chunks are kept for ``--resume``). Each is one line on standard
-error. Every process of a distributed run that ends normally exits with the same status."""
+(Ctrl-C), 143 terminated (SIGTERM), 129 hung up (SIGHUP): the finished chunks are kept for
+``--resume``. Each is one line on standard error. Every process of a distributed run that
+ends normally exits with the same status.
+
+Signals are handled from the first millisecond (``import gmmssl`` loads nothing heavy): a
+signal that arrives while Python runs a garbage-collector callback or a finalizer, where
+an exception would be printed and dropped, is delivered again just after it, and a
+signal that was still lost stops the run at the next chunk, never letting it end with
+status 0.
+A closed standard output (``gmmssl run ... | head``) stops the printing, not the run."""
 from __future__ import annotations
 
+import _thread
 import argparse
 import contextlib
+import gc
 import io
 import json
 import math
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
+
+_HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_received: list[int] = []  # the signals this process received, in order
+_deferred: list[bool] = []  # non-empty: a signal is only recorded (during imports)
+_in_flight: list[bool] = []  # a run stopped while a computation still ran (gmmssl.sweep.GridTooLarge)
+
+
+def _in_finalizer(frame) -> bool:
+    """Whether ``frame`` runs inside a garbage-collector callback or a ``__del__``, where a
+    raised exception is printed ("Exception ignored in ...") and dropped."""
+    callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in callbacks or frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _on_signal(signum, frame):
+    if not _received or _received[-1] != -signum:  # -signum: a re-delivery, below
+        _received.append(signum)
+    if _deferred:
+        return
+    if _in_finalizer(frame):  # raised here it would be dropped: delivered again in 10 ms
+        _received.append(-signum)
+        timer = threading.Timer(0.01, _thread.interrupt_main, (signum,))
+        timer.daemon = True
+        timer.start()
+        return
+    while _received and _received[-1] < 0:
+        _received.pop()
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def install_signal_handlers() -> None:
+    """SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt in the main thread (see the module
+    docstring); called at start-up, and again once JAX's distributed runtime has replaced
+    the SIGTERM handler with its own (which would swallow it)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in _HANDLED:
+            signal.signal(sig, _on_signal)
+
+
+def _import_heavy() -> None:
+    """Imports JAX, numpy and the experiments with signals recorded, not raised (a C
+    extension interrupted in its import prints a traceback and fails in other words);
+    a signal received meanwhile is raised after."""
+    _deferred.append(True)
+    try:
+        import gmmssl.experiments  # noqa: F401 - jax, numpy, the library
+    finally:
+        _deferred.clear()
+    if _signalled() is not None:
+        raise KeyboardInterrupt(signal.Signals(_signalled()).name)
+
+
+def _signalled() -> int | None:
+    """The first signal received (a positive number), or None."""
+    got = [s for s in _received if s > 0]
+    return got[0] if got else None
+
+
+def _say(text: str = "", *, to_err: bool = False) -> None:
+    """Prints a line; once standard output is closed (a pipe whose reader left), prints no
+    more, and the run goes on."""
+    stream = sys.stderr if to_err else sys.stdout
+    try:
+        print(text, file=stream, flush=True)
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, stream.fileno())
+            os.close(null)
+
+
+def _progress(line: str) -> None:
+    """The runs' progress callback: a line per chunk, and the check for a signal that was
+    received but could not interrupt (:func:`_on_signal`)."""
+    if _signalled() is not None:
+        raise KeyboardInterrupt(signal.Signals(_signalled()).name)
+    _say("  " + line)
 
 
 def _version() -> str:
@@ -77,7 +170,7 @@ def _parser():
 
 
 def _error(message) -> int:
-    print(f"gmmssl: error: {message}", file=sys.stderr)
+    _say(f"gmmssl: error: {message}", to_err=True)
     return 2
 
 
@@ -106,11 +199,33 @@ def _stdout_silenced():
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    """The command line; returns the exit status (see the module docstring)."""
+    del _received[:], _in_flight[:]
+    install_signal_handlers()
+    args = None
     try:
+        args = _parser().parse_args(argv)
+        _import_heavy()
         return _main(args)
-    except KeyboardInterrupt:  # Ctrl-C: one line, what was kept, status 130
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM: one line, what was kept, status 128 + the signal
         return _interrupted(args)
+    except Exception:
+        if _signalled() is None:
+            raise
+        return _interrupted(args)  # what the signal broke (a C extension's import turns it into ImportError)
+
+
+def entry() -> None:
+    """The ``gmmssl`` command: :func:`main`, then exit. After a signal it exits at once: a
+    computation still running on a device (the chunk the signal or the time limit
+    interrupted) would otherwise hold the process until it finished."""
+    status = main()
+    if status >= 128 or _in_flight:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
 
 
 def _main(args) -> int:
@@ -118,7 +233,7 @@ def _main(args) -> int:
 
     if args.command == "list":
         for name, exp in experiments.REGISTRY.items():
-            print(f"{name:12s} {exp.description}")
+            _say(f"{name:12s} {exp.description}")
         return 0
 
     if args.command == "bench":
@@ -131,7 +246,7 @@ def _main(args) -> int:
 
         try:
             for path in write_reports(args.results, args.docs, partial=args.partial):  # both, or neither
-                print(f"wrote {path}")
+                _say(f"wrote {path}")
         except ValueError as err:
             return _error(err)
         return 0
@@ -172,6 +287,7 @@ def _distributed(args) -> int:
     except RuntimeError as err:  # JAX's own (JaxRuntimeError is one): the port in use, no coordinator
         return _error(f"could not start the distributed run: {str(err).splitlines()[0][:300]}"
                       f"{_jax_log_cause()}; nothing was run")
+    install_signal_handlers()  # JAX's runtime took SIGTERM (its preemption notice), which would swallow it
     if not many:
         return _run(args)
     quiet = contextlib.nullcontext() if distributed.is_leader() else _stdout_silenced()
@@ -191,8 +307,7 @@ def _distributed(args) -> int:
                f"kept in {_chunks(args)} on process 0's host: rerun the same command with --resume")
         distributed.exit_now(3)  # not sys.exit: JAX's shutdown barrier would wait for the dead process
     except KeyboardInterrupt:
-        _interrupted(args)
-        distributed.exit_now(130)
+        distributed.exit_now(_interrupted(args))
     return 3  # not reached
 
 
@@ -233,15 +348,27 @@ def _chunks(args) -> Path:
     return Path(args.out or Path("results") / args.name) / "chunks"
 
 
-def _interrupted(args) -> int:
-    """Ctrl-C: one line saying what was kept and how to go on; status 130."""
-    import jax
+def _is_follower() -> bool:
+    """Whether this is a process other than 0 of a distributed run (JAX not imported here:
+    a signal may have come during its import)."""
+    jax = sys.modules.get("jax")
+    try:
+        return jax is not None and jax.distributed.is_initialized() and jax.process_index() != 0
+    except Exception:  # noqa: BLE001 - a half-imported jax: no distributed run
+        return False
 
+
+def _interrupted(args) -> int:
+    """A signal (Ctrl-C, SIGTERM, SIGHUP): one line saying what was kept and how to go on;
+    status 128 + the signal's number."""
+    sig = _signalled() or signal.SIGINT
+    what = "interrupted" if sig == signal.SIGINT else f"stopped by {signal.Signals(sig).name}"
+    status = 128 + int(sig)
     if getattr(args, "command", None) != "run":
-        print("gmmssl: interrupted", file=sys.stderr, flush=True)
-        return 130
+        _say(f"gmmssl: {what}", to_err=True)
+        return status
     chunks = _chunks(args)
-    if jax.distributed.is_initialized() and jax.process_index() != 0:
+    if _is_follower():
         done = None  # process 0's folder
     else:
         pattern = "*/chunks/*/chunk_*.npz" if args.name == "all" else "chunks/*/chunk_*.npz"
@@ -251,8 +378,8 @@ def _interrupted(args) -> int:
     else:
         kept = f"{done} finished chunk(s) kept in {chunks}" if done else f"process 0 keeps the finished chunks in {chunks}"
         line = f"{kept}: rerun the same command with --resume to continue from them"
-    print(f"gmmssl: interrupted; {line}", file=sys.stderr, flush=True)
-    return 130
+    _say(f"gmmssl: {what}; {line}", to_err=True)
+    return status
 
 
 def _identity(exp, config) -> dict:
@@ -277,6 +404,11 @@ def _run(args) -> int:
     from gmmssl import distributed, sweep
     from gmmssl.experiment import parse_overrides, run_experiment, validate_experiment
 
+    try:
+        jax.devices()  # JAX starts its backend here: a JAX_PLATFORMS it cannot start is one line
+    except RuntimeError as err:
+        return _error(f"JAX could not start a backend: {str(err).splitlines()[0][:300]} (JAX_PLATFORMS="
+                      f"{os.environ.get('JAX_PLATFORMS', '')!r}); nothing was run")
     if args.name == "all":
         return _run_all(args)
 
@@ -297,12 +429,14 @@ def _run(args) -> int:
     except ValueError as err:
         return _error(err)
     out = Path(args.out or Path("results") / args.name)
-    print(f"gmmssl run {args.name} -> {out}/", flush=True)
+    _say(f"gmmssl run {args.name} -> {out}/")
     try:
-        run = run_experiment(exp, out, overrides, progress=lambda line: print("  " + line, flush=True),
+        run = run_experiment(exp, out, overrides, progress=_progress,
                              resume=args.resume, chunk_size=args.chunk_size, budget_bytes=budget,
                              overwrite=args.overwrite, confirm=args.yes, max_hours=args.max_hours)
     except ValueError as err:
+        if getattr(err, "in_flight", False):
+            _in_flight.append(True)
         return _error(err)
     except OSError as err:
         return _error(_os_error(err, out))
@@ -310,18 +444,23 @@ def _run(args) -> int:
 
     cells = sum(len(next(iter(p.grid.values()))) for p in run.parts)
     reused = json.loads((out / "config.json").read_text()).get("cells_reused", 0) if distributed.is_leader() else 0
-    print(f"{cells} cells in {len(run.parts)} static configuration(s), {run.seconds:.1f}s "
-          f"(compilation included{f'; {reused} cells reused from stored chunks' if reused else ''})\n")
-    print(exp.report(run))
+    _say(f"{cells} cells in {len(run.parts)} static configuration(s), {run.seconds:.1f}s "
+         f"(compilation included{f'; {reused} cells reused from stored chunks' if reused else ''})\n")
+    _say(exp.report(run))
     invalid = results.invalid_rows(run.rows)
     if invalid:
-        print(f"\nWARNING: {len(invalid)} of {len(run.rows)} rows are invalid ({results.divergence_summary(run.rows)}); "
-              f"their metrics are NaN and no claim is scored (column 'diverged' of results.csv)")
-    print("\nverdict:")
+        _say(f"\nWARNING: {len(invalid)} of {len(run.rows)} rows are invalid ({results.divergence_summary(run.rows)}); "
+             f"their metrics are NaN and no claim is scored (column 'diverged' of results.csv)")
+    _say("\nverdict:")
     for c in run.claims:
         note = f" [{c.note}]" if c.note and c.scored else ""
-        print(f"  [{c.verdict}] {c.statement}: {c.measured:.4f} ({c.tolerance}){note}")
-    print(f"\nwrote {out}/results.csv, config.json, projectors.npz, verdict.json and figures")
+        _say(f"  [{c.verdict}] {c.statement}: {c.measured:.4f} ({c.tolerance}){note}")
+    _say(f"\nwrote {out}/results.csv, config.json, projectors.npz, verdict.json and figures")
+    if _signalled() is not None:  # a signal that could not interrupt: the run is finished, but not status 0
+        sig = signal.Signals(_signalled())
+        _say(f"gmmssl: {sig.name} received during the run, which then finished: {out} holds its complete results",
+             to_err=True)
+        return 128 + int(sig)
     if invalid or (args.strict and not all(c.passed for c in run.claims)):
         return 1
     return 0
@@ -378,9 +517,9 @@ def _run_all(args) -> int:
         flags += [] if args.budget_mb is None else ["--budget-mb", str(args.budget_mb)]
         flags += [] if args.chunk_size is None else ["--chunk-size", str(args.chunk_size)]
         status = max(status, _run(_parser().parse_args(sub + flags)))
-    print(f"\nall experiments: {time.perf_counter() - start:.0f}s")
+    _say(f"\nall experiments: {time.perf_counter() - start:.0f}s")
     return status
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

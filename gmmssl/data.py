@@ -90,12 +90,20 @@ class Dataset:
             raise ValueError(f"y must hold at least 2 classes, got {classes.size}")
         if classes[0] != 0 or classes[-1] != classes.size - 1:
             raise ValueError(f"y must be the labels 0..K−1 with every class present, got {classes.tolist()[:10]}...")
-        if standardize:
+        if standardize:  # each column first divided by its largest magnitude: no overflow, the same result
+            top = np.max(np.abs(x), axis=0)
+            x = x / np.where(top > 0, top, 1.0)
             sd = x.std(0)
             x = (x - x.mean(0)) / np.where(sd > 0, sd, 1.0)
+        with np.errstate(over="ignore", under="ignore"):
+            x32 = x.astype(np.float32)
+        if not np.all(np.isfinite(x32)) or np.any((x32 == 0) & (x != 0)):
+            raise ValueError(f"X holds values float32 cannot represent (|x| up to {np.max(np.abs(x)):.3g}, down to "
+                             f"{np.min(np.abs(x[x != 0])) if np.any(x != 0) else 0:.3g}; float32 spans about 1e-45 to "
+                             f"3.4e38): rescale the features, or keep standardize=True")
         order = np.argsort(y, kind="stable")
         counts = np.bincount(y, minlength=classes.size)
-        self.x = jnp.asarray(x, jnp.float32)
+        self.x = jnp.asarray(x32)
         self.y = jnp.asarray(y, jnp.int32)
         self.order = jnp.asarray(order, jnp.int32)
         self.starts = jnp.asarray(np.concatenate([[0], np.cumsum(counts)[:-1]]), jnp.int32)

@@ -511,7 +511,7 @@ def run_supervised(work: Callable[[], int], *, connect_timeout_s: float,
     code = os.waitstatus_to_exitcode(wait_status)
     if "exit" in events:
         status = int(events["exit"])
-        if status in (0, 1, 2, 130):
+        if status in (0, 1, 2) or status >= 128:  # its own line said it all
             os.unlink(log)
         os.close(life_w)
         return status, None

@@ -60,7 +60,8 @@ times the devices of the smallest chunk, exceeds it; a chunk size above the grid
 clamped to it, one whose memory estimate exceeds the budget is refused;
 ``max_output_bytes`` and ``max_seconds`` stop (with :class:`GridTooLarge`, keeping the
 finished chunks) a grid whose outputs or time would exceed them, measured on its first
-chunks.
+chunks; a grid that has run longer than ``max_seconds`` is stopped at once, also in the
+middle of a chunk (one process).
 """
 from __future__ import annotations
 
@@ -235,7 +236,48 @@ def _bar(done: int, total: int, width: int = 20) -> str:
 
 
 class GridTooLarge(ValueError):
-    """A grid whose held outputs or estimated time exceed the caller's limits."""
+    """A grid whose held outputs or estimated time exceed the caller's limits.
+
+    ``in_flight`` is True when it was raised while a chunk was still computing (the time
+    limit passed during it): the device finishes that computation in the background, and
+    a program that exits now should do so without waiting for it (``os._exit``)."""
+
+    in_flight = False
+
+
+def _duration(seconds: float) -> str:
+    """"42 s", "12.5 min" or "3.20 h"."""
+    if seconds < 120:
+        return f"{seconds:.3g} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.2f} h"
+
+
+HEARTBEAT_SECONDS = 60.0  # a progress line this often while one chunk computes
+
+
+def _wait(result, *, started: float, max_seconds: float | None, say: Callable[[str], None], what: str) -> None:
+    """Waits for a chunk's dispatched computation (JAX dispatches asynchronously) in Python,
+    so that a signal interrupts the wait at once, not after the chunk; says "still
+    computing" every :data:`HEARTBEAT_SECONDS`; raises :class:`GridTooLarge` (in_flight)
+    once the grid has run longer than ``max_seconds`` with this chunk unfinished: its
+    time then exceeds the limit whatever the estimate (one process only: the processes of
+    a distributed run must stop together, at the estimate after a chunk)."""
+    leaves = [leaf for leaf in jax.tree_util.tree_leaves(result) if hasattr(leaf, "is_ready")]
+    beat = time.perf_counter() + HEARTBEAT_SECONDS
+    pause = 0.001
+    while not all(leaf.is_ready() for leaf in leaves):
+        time.sleep(pause)
+        pause = min(2 * pause, 0.05)
+        now = time.perf_counter()
+        if max_seconds is not None and now - started > max_seconds and jax.process_count() == 1:
+            err = GridTooLarge(f"the grid has run {_duration(now - started)}, above the limit of "
+                               f"{_duration(max_seconds)}, with {what} unfinished; use fewer cells or "
+                               f"steps, or confirm (--yes); finished chunks are kept for --resume")
+            err.in_flight = True
+            raise err
+        if now >= beat:
+            say(f"{what}: still computing, {now - started:.0f}s elapsed")
+            beat += HEARTBEAT_SECONDS
 
 
 _CELLS, _KEY = "#cells", "#key"  # reserved entries of a chunk file (output keys cannot start with "#")
@@ -400,7 +442,13 @@ def _check_grid_size(axes: dict, budget: int) -> None:
 
 def _validate_axes(axes: dict, ranges: dict) -> None:
     for name, values in axes.items():
+        if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__iter__"):
+            raise ValueError(f"axis {name!r} must be a sequence of numbers (a list, tuple or 1-D array), got "
+                             f"{values!r}")
         values = list(values)
+        if any(np.ndim(v) != 0 for v in values):
+            raise ValueError(f"axis {name!r} must be a flat sequence of numbers, one per cell; got "
+                             f"{values[:3]!r}: give each axis its own name")
         if values and all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values):
             for v in values:  # an axis of integers reaches the cells as int32: nothing may wrap around
                 if not _INT32.min <= int(v) <= _INT32.max:
@@ -521,6 +569,9 @@ def map_grid(fn: Callable[[dict], Any], axes: Mapping[str, Any], *, score_fn: Ca
         import sys
 
         progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    axes = dict(axes)
+    _validate_axes(axes, _axis_ranges(dict(ranges or {})))
+    _check_outputs(fn, score_fn, axes)
     score = (lambda cell, data, out: out) if score_fn is None else (lambda cell, data, out: score_fn(cell, out))
     spec = Sweep(lambda cell, data: fn(cell), score, dict(axes), cell_bytes, ranges=dict(ranges or {}))
     grid, outputs = run_grid(spec, out_dir=out_dir, resume=resume, overwrite=overwrite, fingerprint=fingerprint,
@@ -536,6 +587,29 @@ def map_grid(fn: Callable[[dict], Any], axes: Mapping[str, Any], *, score_fn: Ca
         row.update({k: (v[g].item() if v[g].ndim == 0 else v[g]) for k, v in flat.items()})
         rows.append(row)
     return rows
+
+
+def _check_outputs(fn, score_fn, axes: dict) -> None:
+    """fn (then score_fn) on one abstract cell (``jax.eval_shape``: nothing computed), so that
+    an error or an output that is not a dict of arrays is one line before anything runs."""
+    cell = {name: jax.ShapeDtypeStruct((), _host_array(np.asarray(list(v))).dtype) for name, v in axes.items()}
+
+    def check(what, call, *args):
+        try:
+            out = jax.eval_shape(call, *args)
+        except Exception as err:  # noqa: BLE001 - the user's code: one line naming it, the error chained
+            lines = str(err).strip().splitlines()
+            raise ValueError(f"map_grid: {what} failed on a cell of traced scalars ({', '.join(cell)}): "
+                             f"{type(err).__name__}: {lines[0][:300] if lines else ''}") from err
+        if not isinstance(out, Mapping):
+            shown = f"an array of shape {tuple(out.shape)}" if hasattr(out, "shape") else type(out).__name__
+            raise ValueError(f"map_grid: {what} must return a dict of arrays (output name -> value), got {shown}: "
+                             f"return, say, {{'value': ...}}")
+        return out
+
+    out = check("fn(cell)", lambda c: fn(dict(c)), cell)
+    if score_fn is not None:
+        check("score_fn(cell, out)", lambda c, o: score_fn(dict(c), o), cell, out)
 
 
 def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool = False,
@@ -706,6 +780,8 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
             with jax.default_matmul_precision(precision):
                 data = prepare(cells)
                 result = evaluate(cells, data, train(cells, data))
+            _wait(result, started=start_time, max_seconds=max_seconds, say=say,
+                  what=f"{label}chunk {i + 1}/{num_chunks}")
             if jax.process_count() > 1:
                 from jax.experimental import multihost_utils
                 result = multihost_utils.process_allgather(result, tiled=True)
@@ -727,8 +803,8 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
                 eta = distributed.broadcast(left * (time.perf_counter() - chunk_start) / (hi - lo))  # process 0's
                 if eta > max_seconds:
                     raise GridTooLarge(
-                        f"the grid's {left} remaining cells would take about {eta / 3600:.1f} h, above the limit "
-                        f"of {max_seconds / 3600:.1f} h; use fewer cells, or confirm (--yes)"
+                        f"the grid's {left} remaining cells would take about {_duration(eta)}, above the limit "
+                        f"of {_duration(max_seconds)}; use fewer cells, or confirm (--yes)"
                         f"{' and --resume: the finished chunks are kept' if out is not None else ''}")
         pieces.append(_unflatten(flat))
         elapsed = time.perf_counter() - start_time

@@ -465,7 +465,7 @@ def aed_pairs(key, data, n, hparams, config):
     elif isinstance(data, GMM):
         x, x_pos, _, _ = sample_pairs(key, data, n, hparams["delta"], config.mode)
     else:
-        x, x_pos = data.pairs(key, n, hparams)
+        return data.pairs(key, n, hparams)  # its structure is checked once, by check_setup
     return x, x_pos
 
 
@@ -809,8 +809,15 @@ def _check_abstract(data, config: TrainConfig) -> None:
             out = objective.pairs(k_data, data, n, hp, config)
         if not (isinstance(out, (tuple, list)) and len(out) == 2
                 and all(hasattr(v, "shape") and hasattr(v, "dtype") for v in out)):
-            raise _SetupError(f"{source} must return two arrays (x, x_pos), got {type(out).__name__}")
+            got = (f"one array of shape {tuple(out.shape)}" if hasattr(out, "shape") else
+                   f"a {type(out).__name__} of {len(out)}" if isinstance(out, (tuple, list)) else type(out).__name__)
+            raise _SetupError(f"{source} must return two arrays (x, x_pos), got {got}")
         x, x_pos = out
+        kinds = {jnp.dtype(v.dtype).kind for v in out}
+        if not kinds <= set("biuf"):
+            raise _SetupError(f"{source} must return real arrays (x, x_pos), got dtypes {jnp.dtype(x.dtype).name} "
+                              f"and {jnp.dtype(x_pos.dtype).name}: pass the real features (complex values are not "
+                              f"coerced)")
         if objective.batch is None and not isinstance(data, (GMM, Dataset)):
             want = (n, data.dim)
             if tuple(x.shape[:1]) != (n,) or tuple(x_pos.shape[:1]) != (n,):

@@ -164,6 +164,29 @@ def test_two_processes_leader_killed_midway_then_resumed_give_the_single_process
     _assert_close(out, one, tol=0.0)
 
 
+@pytest.mark.slow
+def test_sigterm_to_the_leader_stops_every_process_in_one_line(tmp_path):
+    """JAX's distributed runtime installs its own SIGTERM handler (a preemption notice),
+    which swallowed the signal: the audit's run went on and exited 0. Now the leader stops
+    with status 143 and one line, the follower with status 3 and one line, and nothing is
+    marked finished."""
+    out = tmp_path / "run"
+    args = ["run", "pancakes", "--out", str(out), *TINY, "--set", "seeds=4", "--chunk-size", "4",
+            "--heartbeat-timeout", "20"]
+    procs = _launch(args, tmp_path)
+    for line in procs[0].stdout:
+        if "chunk 1/3" in line:
+            procs[0].send_signal(signal.SIGTERM)
+            break
+    else:
+        pytest.fail(f"process 0 never reported a chunk: {procs[0].wait()} {procs[0].stderr.read()[-2000:]}")
+    (s0, _, err0), (s1, _, err1) = _finish(procs, timeout=120)
+    assert s0 == 128 + signal.SIGTERM and _one_line(err0).startswith("gmmssl: stopped by SIGTERM;"), (s0, err0)
+    assert s1 == 3 and _one_line(err1).startswith("gmmssl: error: process 1 of 2"), (s1, err1)
+    assert not (out / "verdict.json").exists() and not (out / "results.csv").exists()
+    assert (out / "chunks" / "all" / "chunk_000000000-000000004.npz").exists()
+
+
 def test_processes_started_differently_not_started_or_stopped_end_in_one_line(tmp_path):
     """Three distributed runs at once (their waits overlap): two processes started with
     other arguments refuse before any work; a process whose peer never starts gives up

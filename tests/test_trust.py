@@ -179,6 +179,22 @@ def test_outputs_above_the_limit_stop_after_the_first_chunk_which_is_kept(tmp_pa
         run_grid(_toy(), chunk_size=4, max_seconds=1e-9)
 
 
+def test_a_grid_past_its_time_limit_is_stopped_in_the_middle_of_a_chunk():
+    """The estimate needs two chunks; a first chunk that alone runs past max_seconds is
+    stopped while it computes (the audit's steps=1e8 ran past 300 s under --max-hours)."""
+    import time
+
+    def slow(cell, data):  # about 2 s per chunk on the CPU, whatever the cell
+        x = jax.numpy.full((256, 256), cell["alpha"] / 256)
+        return {"v": jax.lax.fori_loop(0, 4000, lambda i, x: jax.numpy.tanh(x @ x), x).sum()}
+
+    spec = Sweep(slow, lambda c, d, t: {"metrics": {"toy": t}}, {"alpha": (0.5, 0.7), "seed": (0,)})
+    start = time.perf_counter()
+    with pytest.raises(GridTooLarge, match="unfinished") as err:
+        run_grid(spec, chunk_size=2, max_seconds=0.2)
+    assert err.value.in_flight and time.perf_counter() - start < 1.5
+
+
 # ----------------------------------------------------------------- the experiment folder
 
 from tiny import TINY  # the tests' shared configuration: its programs compile once per session
@@ -388,8 +404,10 @@ def test_meaningless_input_is_refused_in_one_line(args, message, tmp_path, capsy
 def test_a_grid_too_long_is_stopped_unless_confirmed(tmp_path, capsys):
     args = ["run", "pancakes", "--out", str(tmp_path), *TINY, "--chunk-size", "1", "--max-hours", "1e-9"]
     assert main(args) == 2
-    assert "would take about" in capsys.readouterr().err
-    assert len(list((tmp_path / "chunks" / "all").glob("chunk_*.npz"))) == 2  # kept
+    err = capsys.readouterr().err
+    # stopped by the estimate after two chunks, or at once, in the first chunk, past the limit
+    assert "above the limit" in err and err.count("\n") == 1, err
+    assert len(list((tmp_path / "chunks" / "all").glob("chunk_*.npz"))) <= 2  # kept
     assert main([*args, "--yes"]) == 0
 
 

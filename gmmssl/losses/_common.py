@@ -27,6 +27,9 @@ def check_pair(z, z_pos, names=("z", "z_pos"), min_batch: int = 1):
     negative and its loss is identically 0)."""
     chex.assert_rank([z, z_pos], 2, custom_message=f"{names[0]} and {names[1]} must be (B, r)")
     chex.assert_equal_shape([z, z_pos], custom_message=f"{names[0]} and {names[1]} must have the same (B, r) shape")
+    for name, v in zip(names, (z, z_pos)):
+        if jnp.dtype(v.dtype).kind not in "biuf":  # complex values are never coerced (nor their imaginary part lost)
+            raise ValueError(f"{name} must hold real numbers, got dtype {jnp.dtype(v.dtype).name}")
     if z.shape[0] < min_batch:
         raise ValueError(f"{names[0]} has B = {z.shape[0]} rows; this loss compares rows within the batch and "
                          f"needs B ≥ {min_batch}")

@@ -309,6 +309,9 @@ def siglip(z, z_pos, *, log_temperature=math.log(10.0), bias=-10.0, mask=None, r
 def _check_moments(cov, cross_cov):
     if jnp.ndim(cov) != 2 or jnp.shape(cov) != jnp.shape(cross_cov) or cov.shape[0] != cov.shape[1]:
         raise ValueError(f"cov and cross_cov must both be (r, r), got {jnp.shape(cov)} and {jnp.shape(cross_cov)}")
+    for name, v in (("cov", cov), ("cross_cov", cross_cov)):
+        if jnp.result_type(v).kind not in "biuf":
+            raise ValueError(f"{name} must hold real numbers, got dtype {jnp.result_type(v).name}")
 
 
 def spectral_contrastive_population(cov, cross_cov, mean):
