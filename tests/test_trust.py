@@ -478,3 +478,82 @@ def test_complex_features_and_a_pair_source_with_extra_rows_are_refused():
     cfg = TrainConfig(r=1, batch_size=16, steps=2, log_every=1)
     with pytest.raises(ValueError, match=r"must return n = 16 rows of each view, got \(19, 3\) and \(19, 3\)"):
         train(jax.random.PRNGKey(0), ExtraRows(), {"delta": 1.0}, cfg)
+
+
+# ----------------------------------------------------------------- the re-audit's remaining cases
+
+
+@pytest.mark.parametrize("returns, match", [
+    (lambda key, n: jnp.ones((n, 3)), r"must return two arrays \(x, x_pos\), got one array of shape \(16, 3\)"),
+    (lambda key, n: (jnp.ones((n, 3)),) * 3, r"must return two arrays \(x, x_pos\), got a tuple of 3"),
+    (lambda key, n: (jnp.ones((n, 3), jnp.complex64),) * 2, "must return real arrays .* got dtypes complex64"),
+])
+def test_a_pair_source_returning_other_than_two_real_arrays_is_named(returns, match):
+    """One array unpacked as its rows ("too many values to unpack"), complex views failing
+    deep in the gradient: each is now one line saying what the source must return."""
+    from gmmssl.train import TrainConfig, train
+
+    @jax.tree_util.register_pytree_node_class
+    class Source:
+        dim = 3
+
+        def pairs(self, key, n, hparams):
+            return returns(key, n)
+
+        def tree_flatten(self):
+            return (), None
+
+        @classmethod
+        def tree_unflatten(cls, aux, children):
+            return cls()
+
+    cfg = TrainConfig(r=1, batch_size=16, steps=2, log_every=1)
+    with pytest.raises(ValueError, match=match) as err:
+        train(jax.random.PRNGKey(0), Source(), {"delta": 1.0}, cfg)
+    assert "\n" not in str(err.value)
+
+
+def test_every_loss_refuses_complex_embeddings_and_a_complex_temperature():
+    from gmmssl import losses
+
+    z = (jnp.arange(16.0).reshape(8, 2) / 8).astype(jnp.complex64)
+    for loss in (losses.infonce, losses.clip, losses.ntxent, losses.dcl, losses.simsiam, losses.spectral_contrastive,
+                 losses.barlow_twins, losses.vicreg, losses.siglip, losses.byol, losses.negative_cosine):
+        with pytest.raises(ValueError, match="must hold real numbers, got dtype complex64"):
+            loss(z, z)  # was: a complex loss value, its imaginary part silently 0
+    with pytest.raises(ValueError, match="temperature must be a real number"):
+        losses.infonce(z.real, z.real, temperature=1j)  # was: TypeError from float()
+
+
+def test_features_float32_cannot_hold_are_refused_and_huge_ones_standardized():
+    from gmmssl.data import Dataset
+
+    x = np.random.default_rng(0).normal(size=(20, 3))
+    y = np.arange(20) % 2
+    for scale in (1e300, 1e-300):  # standardized: the same data as at scale 1 (no overflow, no warning)
+        np.testing.assert_allclose(np.asarray(Dataset(x * scale, y).x), np.asarray(Dataset(x, y).x), atol=1e-5)
+        with pytest.raises(ValueError, match="float32 cannot represent"):
+            Dataset(x * scale, y, standardize=False)  # was: stored as inf, or as 0
+
+
+@pytest.mark.parametrize("axes, fn, match", [
+    ({"a": [[1, 2], [3, 4]]}, lambda c: {"y": c["a"]}, "must be a flat sequence of numbers"),
+    ({"a": 1.0}, lambda c: {"y": c["a"]}, "must be a sequence of numbers"),
+    ({"a": [1.0, 2.0]}, lambda c: c["a"] * 2, r"must return a dict of arrays .* got an array of shape \(\)"),
+    ({"a": [1.0, 2.0]}, lambda c: [c["a"]], "must return a dict of arrays .* got list"),
+    ({"a": [1.0, 2.0]}, lambda c: {"y": "text"}, r"fn\(cell\) failed on a cell of traced scalars \(a\): TypeError"),
+    ({"a": [1.0, 2.0]}, lambda c: {"y": c["b"]}, r"fn\(cell\) failed .*: KeyError: 'b'"),
+])
+def test_map_grid_refuses_axes_and_outputs_it_cannot_use_in_one_line(axes, fn, match):
+    from gmmssl.sweep import map_grid
+
+    with pytest.raises(ValueError, match=match) as err:  # were TypeError, AttributeError tracebacks
+        map_grid(fn, axes)
+    assert "\n" not in str(err.value)
+
+
+def test_a_backend_jax_cannot_start_is_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "gmmssl.cli", "run", "pancakes", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "bogus"}, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    assert done.stderr.startswith("gmmssl: error: JAX could not start a backend") and "bogus" in done.stderr
