@@ -23,7 +23,7 @@ def _cache_dir() -> str:
 # Reuse compilations across tests, the CLI subprocesses they start and earlier runs of the
 # suite, the smallest programs included (a tiny eager op loads in half the time it takes to
 # compile): compiling is most of the suite's time (measured on 2 cores: 3 min 57 s with the
-# cache full, 6 min 52 s empty; see README). A hit changes no result: the key holds the
+# cache full, 6 min 52 s empty; see docs/development.md). A hit changes no result: the key holds the
 # program, the jax/jaxlib versions, the backend and the XLA flags, so a changed program or
 # version compiles afresh. Kept under CACHE_MAX_BYTES (oldest first, at a session's start).
 _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ  # a user's own cache is never trimmed

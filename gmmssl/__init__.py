@@ -5,7 +5,8 @@ Modules, in the order data flows: :mod:`gmmssl.gmm` (mixtures) and :mod:`gmmssl.
 :mod:`gmmssl.losses`, :mod:`gmmssl.train` (the trainer and its extension points:
 :class:`gmmssl.train.Objective`, optimizers, schedules), :mod:`gmmssl.fisher` (subspaces
 and baselines), :mod:`gmmssl.metrics`, :mod:`gmmssl.exact` (the exact population InfoNCE
-objective and certified optima), :mod:`gmmssl.evaluate` (one grid cell of a
+objective and certified optima), :mod:`gmmssl.analysis` (projectors against the Fisher
+subspace and the exact optimum), :mod:`gmmssl.evaluate` (one grid cell of a
 comparison), :mod:`gmmssl.sweep` (grids: :func:`gmmssl.sweep.map_grid` for a sweep from
 a script; :mod:`gmmssl.distributed` across processes, :mod:`gmmssl.backend` for what
 differs between the CPU and accelerators), :mod:`gmmssl.results` (tidy tables, verdicts), :mod:`gmmssl.plots`,
@@ -21,7 +22,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_LIBRARY = ("augment", "backend", "data", "distributed", "evaluate", "exact", "fisher", "gmm", "losses", "metrics",
+_LIBRARY = ("analysis", "augment", "backend", "data", "distributed", "evaluate", "exact", "fisher", "gmm", "losses", "metrics",
             "projectors", "results", "sweep", "train")
 _LAZY = ("benchmarks", "cli", "experiment", "experiments", "plots", "report")
 __all__ = ["__version__", *_LIBRARY, *_LAZY]

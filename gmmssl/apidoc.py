@@ -11,7 +11,7 @@ import re
 import sys
 from pathlib import Path
 
-MODULES = ("gmm", "data", "augment", "losses", "train", "projectors", "fisher", "metrics", "exact", "evaluate", "sweep",
+MODULES = ("gmm", "data", "augment", "losses", "train", "projectors", "fisher", "metrics", "exact", "analysis", "evaluate", "sweep",
            "distributed", "backend", "results", "experiment")
 
 

@@ -4,7 +4,7 @@ gmmssl was measured on the CPU, where two things differ from accelerators:
 
 * **Batched linear algebra.** On the CPU (jaxlib 0.10), batched LAPACK calls (``eigh``,
   ``svd``, ``cholesky``, triangular solves under ``vmap``) can deadlock XLA's thread
-  pool when several run at once (README, "Known issue"). So on the CPU, per-component
+  pool when several run at once (docs/development.md, "Known issue"). So on the CPU, per-component
   factorizations are Python loops and the sweep engine's preparation and evaluation
   phases (and the scoring of stacked projectors) map cell by cell with ``lax.map``.
   GPUs and TPUs batch these calls natively: there they are vmapped.

@@ -81,7 +81,6 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gmmssl import distributed
-from gmmssl._validate import check_range
 from gmmssl.backend import cpu_measures, map_linalg, matmul_precision
 from gmmssl.results import atomic_write, read_json
 
@@ -570,7 +569,9 @@ def map_grid(fn: Callable[[dict], Any], axes: Mapping[str, Any], *, score_fn: Ca
 
         progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     axes = dict(axes)
-    _validate_axes(axes, _axis_ranges(dict(ranges or {})))
+    axis_ranges = _axis_ranges(dict(ranges or {}))
+    _refuse_unused_axes(axes, axis_ranges)  # as run_grid does, before the values are checked
+    _validate_axes(axes, axis_ranges)
     _check_outputs(fn, score_fn, axes)
     score = (lambda cell, data, out: out) if score_fn is None else (lambda cell, data, out: score_fn(cell, out))
     spec = Sweep(lambda cell, data: fn(cell), score, dict(axes), cell_bytes, ranges=dict(ranges or {}))

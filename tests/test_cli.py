@@ -85,9 +85,10 @@ def test_run_with_another_loss(tmp_path):
 
 
 def test_every_run_command_in_the_docs_is_accepted():
-    """Each ``gmmssl run NAME ...`` that README.md, docs/guide.md and benchmarks/README.md
-    show parses with the CLI's own parser and its --set values resolve for that experiment
-    (a user copies them; placeholders such as ``...`` are skipped)."""
+    """Each ``gmmssl run NAME ...`` that README.md, docs/experiments.md, docs/guide.md,
+    docs/scaling.md and benchmarks/README.md show parses with the CLI's own parser and its
+    --set values resolve for that experiment (a user copies them; placeholders such as
+    ``...`` are skipped)."""
     import re
     import shlex
     from pathlib import Path
@@ -98,7 +99,7 @@ def test_every_run_command_in_the_docs_is_accepted():
 
     repo = Path(__file__).resolve().parent.parent
     checked = []
-    for doc in ("README.md", "docs/guide.md", "benchmarks/README.md"):
+    for doc in ("README.md", "docs/experiments.md", "docs/guide.md", "docs/scaling.md", "benchmarks/README.md"):
         for m in re.finditer(r"gmmssl run ([a-z_]+)([^`\n]*)", (repo / doc).read_text()):
             # a shell line: its variables ($i, "$OUT") stand for 0; a closing quote ends it
             name, rest = m.group(1), re.sub(r"\$\{?\w+\}?", "0", m.group(2)).rstrip().rstrip('"')

@@ -115,7 +115,7 @@ def _cpu_reference(finished_chunked, folder):
 
 @pytest.mark.slow
 def test_two_processes_leader_killed_midway_then_resumed_give_the_single_process_results(tmp_path, finished_chunked):
-    # the same cells, one per device, on one device in one process (README, "Several processes":
+    # the same cells, one per device, on one device in one process (docs/scaling.md, "Several processes":
     # a cell's numbers are the same when each device runs as many cells at once)
     one = _cpu_reference(finished_chunked, tmp_path / "one")
     out = tmp_path / "two"

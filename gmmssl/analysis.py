@@ -1,0 +1,127 @@
+"""Where a projector stands against the Fisher subspace and the exact optimum: the numbers
+the conjecture experiment reports, as functions your own sweep can call.
+
+* :func:`certified_optimum_metrics`: minimize the exact InfoNCE objective of one mixture
+  (:func:`gmmssl.exact.certify`) and score the optimum: its deficit 1 − capture of the
+  Fisher subspace S_F, its largest principal angle to S_F, whether a Fisher direction
+  was dropped (the singular value ratio), and the certificate (gradient, curvature).
+* :func:`comparison_to_target`: a trained projector's deficit and its largest angle to a
+  reference projector (the certified optimum, say).
+* :func:`targets_sweep`: a :class:`gmmssl.sweep.Sweep` that trains one projector per
+  mixture and scores it against that mixture's reference projector (the finite-batch
+  picture: does sampled in-batch training at batch size B end where the exact optimum is?).
+* :func:`collapse_kappa`: over many optima, the largest signal strength κ at which an
+  optimum still drops a Fisher direction.
+
+The first two are traceable (jit, vmap, ``lax.map``: the sweep engine's evaluation phase);
+the last reads concrete values (numpy), as tables do.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from typing import Callable, Mapping
+
+import jax
+
+from gmmssl import exact, fisher, metrics
+from gmmssl.gmm import GMM
+from gmmssl.sweep import Sweep, estimate_cell_bytes
+from gmmssl.train import TrainConfig, check_setup, train
+
+__all__ = ["DROPPED_SV_RATIO", "certified_optimum_metrics", "collapse_kappa", "comparison_to_target",
+           "targets_sweep"]
+
+DROPPED_SV_RATIO = 1e-6  # an optimum whose smallest/largest singular value falls below this dropped a direction
+
+
+def certified_optimum_metrics(key, gmm: GMM, delta, r: int, mode: str = "prior", temperature=1.0, *,
+                              fisher_basis=None, centered: bool = True, starts: int = 4,
+                              iterations: int = 100) -> dict:
+    """The certified optimum A* (d, r) of the exact InfoNCE objective of ``gmm`` at ``delta``
+    (:func:`gmmssl.exact.certify`, same arguments) and what it says about S_F.
+
+    Returns a dict of scalars: "deficit" = 1 − capture(A*, S_F) (0: A* contains S_F);
+    "max_angle_deg", the largest principal angle between col(A*) and S_F, in degrees;
+    "sv_ratio" = σ_min(m)/σ_1 over A*'s first min(m, r) singular values, m = K − 1 (below
+    :data:`DROPPED_SV_RATIO`: a Fisher direction dropped; 0 when A* = 0); "rho_min", the
+    smallest canonical correlation of the two views (:func:`gmmssl.fisher.canonical_correlations`);
+    "start_spread", the spread of the starts' final losses; and the certificate's own
+    entries ("loss", "grad_norm", "hessian_min_eig", "hessian_max_eig", "perp_min_eig",
+    "certified", "starts_agree", "quad_error"). Also "projector": A* itself.
+
+    ``fisher_basis`` (d, m) defaults to :func:`gmmssl.fisher.fisher_subspace`. Traceable in
+    ``gmm``, ``delta`` and ``temperature``; ``r``, ``mode``, ``centered``, ``starts`` and
+    ``iterations`` are static.
+    """
+    k = gmm.num_components
+    basis = fisher.fisher_subspace(gmm, num_directions=k - 1) if fisher_basis is None else fisher_basis
+    out = exact.certify(key, gmm, delta, r, mode, temperature, centered=centered, starts=starts,
+                        iterations=iterations)
+    a, sv = out["projector"], out["sv"]
+    angles = metrics.principal_angles(a, basis)
+    ratio = jnp.where(sv[0] > 1e-12, sv[min(k - 1, r) - 1] / jnp.maximum(sv[0], 1e-300), 0.0)
+    names = ("loss", "grad_norm", "hessian_min_eig", "hessian_max_eig", "perp_min_eig", "certified", "starts_agree",
+             "quad_error")
+    return {"deficit": 1.0 - metrics.fisher_capture(a, basis), "max_angle_deg": jnp.degrees(angles[-1]),
+            "sv_ratio": ratio, **{n: out[n] for n in names},
+            "start_spread": jnp.max(out["start_losses"]) - jnp.min(out["start_losses"]),
+            "rho_min": fisher.canonical_correlations(gmm, delta, mode)[k - 2], "projector": a}
+
+
+def comparison_to_target(a, target, fisher_basis) -> dict:
+    """A projector ``a`` (d, r) against a reference ``target`` (d, r') and the Fisher basis
+    (d, m): {"deficit": 1 − capture(a, S_F), "angle_to_target_deg": the largest principal
+    angle between col(a) and col(target), in degrees}. Traceable."""
+    angles = metrics.principal_angles(a, target)
+    return {"deficit": 1.0 - metrics.fisher_capture(a, fisher_basis), "angle_to_target_deg": jnp.degrees(angles[-1])}
+
+
+def collapse_kappa(kappa, sv_ratio, *, tol: float = DROPPED_SV_RATIO) -> float:
+    """The largest κ > 0 among optima whose singular value ratio is below ``tol`` (a dropped
+    Fisher direction); NaN when none drops one. ``kappa`` and ``sv_ratio``: one value per
+    optimum (sequences or arrays of equal length)."""
+    kappa, sv_ratio = np.asarray(kappa, np.float64).reshape(-1), np.asarray(sv_ratio, np.float64).reshape(-1)
+    if kappa.shape != sv_ratio.shape:
+        raise ValueError(f"kappa and sv_ratio must hold one value per optimum, got {kappa.size} and {sv_ratio.size}")
+    dropped = kappa[(kappa > 0) & (sv_ratio < tol)]
+    return float(dropped.max()) if dropped.size else float("nan")
+
+
+
+def targets_sweep(mixture: Callable, targets: Mapping[int, np.ndarray], config: TrainConfig,
+                  hparams: Callable[[dict], dict], *, key_offset: int = 0, method: str = "trained") -> Sweep:
+    """One cell per seed of ``targets`` ({seed: (d, r') reference projector}): the mixture
+    ``mixture(seed)`` -> (gmm, extras) (traceable in the seed; ``extras``, a dict of
+    scalars, lands in the row), a projector trained on it under ``config`` with
+    ``hparams(extras)`` from ``jax.random.PRNGKey(seed + key_offset)``, then
+    :func:`comparison_to_target` against the seed's reference and the mixture's Fisher
+    basis. Metrics under ``method``: "deficit", "angle_to_target_deg" and the extras;
+    projectors under ``method``. Run it with :func:`gmmssl.sweep.run_grid`.
+    """
+    seeds = tuple(sorted(int(s) for s in targets))
+    if not seeds:
+        raise ValueError("targets must hold at least one seed's reference projector")
+    gmm0, _ = mixture(seeds[0])
+    check_setup(gmm0, config)
+    stacked = jnp.stack([jnp.asarray(targets[s]) for s in seeds])
+    order = jnp.asarray(seeds)
+    m = gmm0.num_components - 1
+
+    def prepare_fn(cell):
+        gmm, extras = mixture(cell["seed"])
+        return {"gmm": gmm, "extras": extras, "fisher": fisher.fisher_subspace(gmm, num_directions=m),
+                "target": stacked[jnp.searchsorted(order, cell["seed"])]}
+
+    def train_fn(cell, data):
+        key = jax.random.PRNGKey(cell["seed"] + key_offset)
+        return train(key, data["gmm"], hparams(data["extras"]), config, data["fisher"]).params["A"]
+
+    def evaluate_fn(cell, data, a):
+        row = {**comparison_to_target(a, data["target"], data["fisher"]), **data["extras"]}
+        return {"metrics": {method: row}, "projectors": {method: a}}
+
+    itemsize = jnp.dtype(jnp.result_type(float)).itemsize
+    return Sweep(train_fn, evaluate_fn, {"seed": seeds},
+                 estimate_cell_bytes(gmm0.dim, config.r, config.batch_size, itemsize=itemsize), prepare_fn)
