@@ -406,8 +406,9 @@ def _run(args) -> int:
 
     try:
         jax.devices()  # JAX starts its backend here: a JAX_PLATFORMS it cannot start is one line
-    except RuntimeError as err:
-        return _error(f"JAX could not start a backend: {str(err).splitlines()[0][:300]} (JAX_PLATFORMS="
+    except (RuntimeError, AssertionError) as err:  # jax 0.10 asserts when no platform asked for is present
+        why = str(err).splitlines()[0][:300] if str(err).strip() else "none of the platforms asked for is available"
+        return _error(f"JAX could not start a backend: {why} (JAX_PLATFORMS="
                       f"{os.environ.get('JAX_PLATFORMS', '')!r}); nothing was run")
     if args.name == "all":
         return _run_all(args)

@@ -80,6 +80,9 @@ class Dataset:
             raise ValueError(f"y must have shape (n,) = ({x.shape[0]},), got {y.shape}")
         if not np.all(np.isfinite(x)):
             raise ValueError("X must contain only finite values (found NaN or inf)")
+        if y.dtype.kind not in "biuf":  # strings, objects, complex: labels must be numbers 0..K−1
+            raise ValueError(f"y must hold integer class labels 0..K−1, got dtype {y.dtype} (map names to "
+                             f"numbers first, e.g. numpy.unique(y, return_inverse=True)[1])")
         if not np.issubdtype(y.dtype, np.integer):
             if np.all(np.mod(y, 1) == 0):
                 y = y.astype(np.int64)

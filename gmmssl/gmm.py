@@ -34,7 +34,14 @@ __all__ = [
 ]
 
 
+def _check_real(name: str, value) -> None:
+    kind = np.asarray(value).dtype.kind
+    if kind not in "biuf":  # complex (its imaginary part), strings, objects: never coerced
+        raise ValueError(f"{name} must hold real numbers, got dtype {np.asarray(value).dtype}")
+
+
 def _check_weights(weights, num_components: int):
+    _check_real("weights", weights)
     w = np.asarray(weights, dtype=np.float64)
     if w.shape != (num_components,):
         raise ValueError(
@@ -49,6 +56,8 @@ def _check_weights(weights, num_components: int):
 
 
 def _check_means_cov(means, cov):
+    _check_real("means", means)
+    _check_real("cov", cov)
     m = np.asarray(means, dtype=np.float64)
     s = np.asarray(cov, dtype=np.float64)
     if m.ndim != 2:

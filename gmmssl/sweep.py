@@ -572,7 +572,8 @@ def map_grid(fn: Callable[[dict], Any], axes: Mapping[str, Any], *, score_fn: Ca
     axis_ranges = _axis_ranges(dict(ranges or {}))
     _refuse_unused_axes(axes, axis_ranges)  # as run_grid does, before the values are checked
     _validate_axes(axes, axis_ranges)
-    _check_outputs(fn, score_fn, axes)
+    fn = _checked(fn, "fn(cell)", list(axes))
+    score_fn = None if score_fn is None else _checked(score_fn, "score_fn(cell, out)", list(axes))
     score = (lambda cell, data, out: out) if score_fn is None else (lambda cell, data, out: score_fn(cell, out))
     spec = Sweep(lambda cell, data: fn(cell), score, dict(axes), cell_bytes, ranges=dict(ranges or {}))
     grid, outputs = run_grid(spec, out_dir=out_dir, resume=resume, overwrite=overwrite, fingerprint=fingerprint,
@@ -590,27 +591,27 @@ def map_grid(fn: Callable[[dict], Any], axes: Mapping[str, Any], *, score_fn: Ca
     return rows
 
 
-def _check_outputs(fn, score_fn, axes: dict) -> None:
-    """fn (then score_fn) on one abstract cell (``jax.eval_shape``: nothing computed), so that
-    an error or an output that is not a dict of arrays is one line before anything runs."""
-    cell = {name: jax.ShapeDtypeStruct((), _host_array(np.asarray(list(v))).dtype) for name, v in axes.items()}
-
-    def check(what, call, *args):
+def _checked(fn: Callable, what: str, names) -> Callable:
+    """``fn`` as the engine traces it (once: nothing is traced beforehand), with an error it
+    raises, or an output that is not a dict of arrays, turned into one line naming it."""
+    def wrapped(*args):
         try:
-            out = jax.eval_shape(call, *args)
+            out = fn(*args)
         except Exception as err:  # noqa: BLE001 - the user's code: one line naming it, the error chained
             lines = str(err).strip().splitlines()
-            raise ValueError(f"map_grid: {what} failed on a cell of traced scalars ({', '.join(cell)}): "
+            raise ValueError(f"map_grid: {what} failed on a cell of traced scalars ({', '.join(names)}): "
                              f"{type(err).__name__}: {lines[0][:300] if lines else ''}") from err
         if not isinstance(out, Mapping):
             shown = f"an array of shape {tuple(out.shape)}" if hasattr(out, "shape") else type(out).__name__
             raise ValueError(f"map_grid: {what} must return a dict of arrays (output name -> value), got {shown}: "
                              f"return, say, {{'value': ...}}")
+        for path, leaf in jax.tree_util.tree_flatten_with_path(out)[0]:
+            if not (hasattr(leaf, "dtype") or isinstance(leaf, (int, float, bool, np.number))):
+                raise ValueError(f"map_grid: {what} must return arrays or numbers, got {type(leaf).__name__} at "
+                                 f"{jax.tree_util.keystr(path)}")
         return out
 
-    out = check("fn(cell)", lambda c: fn(dict(c)), cell)
-    if score_fn is not None:
-        check("score_fn(cell, out)", lambda c, o: score_fn(dict(c), o), cell, out)
+    return wrapped
 
 
 def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool = False,
@@ -654,7 +655,71 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
       dict with a leading (G,) axis, as numpy arrays.
     """
     say = progress or (lambda line: None)
-    budget = default_budget_bytes() if budget_bytes is None else budget_bytes
+    plan = _plan(spec, fingerprint, chunk_size, default_budget_bytes() if budget_bytes is None else budget_bytes)
+    out = Path(out_dir) if out_dir is not None else None
+    # the folder is process 0's (see gmmssl.distributed): it reads it, every process gets the finished cells
+    have, stored_width, trusted = (distributed.on_leader(lambda: _claim_folder(out, plan, resume, overwrite, say))
+                                   if out is not None else ({}, None, {}))
+    chunk = _chunk_width(plan, have, stored_width)
+    if out is not None:
+        plan.manifest.update(chunk_size=chunk, cells_per_device=chunk // plan.num_devices, chunks=dict(trusted))
+        distributed.on_leader(lambda: _write_manifest(out, plan.manifest))
+    programs = _programs(spec, plan.mesh)
+    num_chunks = math.ceil(plan.size / chunk)
+    pieces, names = [], set()
+    start_time = time.perf_counter()
+    computed = computed_chunks = 0
+    for i in range(num_chunks):
+        lo, hi = i * chunk, min((i + 1) * chunk, plan.size)
+        names.add(_chunk_name(lo, hi))
+        if all(c in have for c in range(lo, hi)):
+            flat = _reused_chunk(have, lo, hi)
+            if out is not None:  # stored under another layout: keep it under this one too
+                distributed.on_leader(lambda: (out / _chunk_name(lo, hi)).exists() or _store_chunk(out, plan, lo, hi,
+                                                                                                     flat))
+        else:
+            chunk_start = time.perf_counter()
+            flat = _run_chunk(programs, plan, lo, hi, chunk,
+                              wait=dict(started=start_time, max_seconds=max_seconds, say=say,
+                                        what=f"{label}chunk {i + 1}/{num_chunks}"))
+            if out is not None:
+                distributed.on_leader(lambda: _store_chunk(out, plan, lo, hi, flat))
+            computed += hi - lo
+            computed_chunks += 1
+            _check_limits(plan, have, flat, lo, hi, computed_chunks, time.perf_counter() - chunk_start,
+                          max_output_bytes, max_seconds, kept=out is not None)
+        pieces.append(_unflatten(flat))
+        say(_progress_line(label, i, num_chunks, hi, plan.size, computed, have, time.perf_counter() - start_time))
+    if out is not None:
+        distributed.on_leader(lambda: _drop_superseded(out, plan.manifest, names))
+    if stats is not None:
+        stats.update(computed=computed, reused=plan.size - computed)
+    outputs = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=0), *pieces)
+    return plan.grid, outputs
+
+
+@dataclasses.dataclass
+class _Plan:
+    """What a run of a grid is: its cells, devices, the requested chunk size and the
+    fingerprint (manifest) every stored chunk carries the digest (key) of."""
+
+    grid: dict
+    size: int
+    devices: list
+    requested: int | None
+    chunk_size: int | None
+    manifest: dict
+    key: str
+    precision: str
+    mesh: Any
+
+    @property
+    def num_devices(self) -> int:
+        return len(self.devices)
+
+
+def _plan(spec: Sweep, fingerprint, chunk_size, budget: int) -> _Plan:
+    """Checks the axes, sizes and budget (nothing traced yet) and plans the run."""
     _check_grid_size(spec.axes, budget)
     ranges = _axis_ranges(spec.ranges)
     _refuse_unused_axes(spec.axes, ranges)
@@ -663,6 +728,9 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
     size = len(next(iter(grid.values())))
     devices = jax.devices()
     num_devices = len(devices)
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
+                                   or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer (cells per compiled call), got {chunk_size!r}")
     requested = None if chunk_size is None else int(chunk_size)
     if chunk_size is not None:
         chunk_size = min(int(chunk_size), math.ceil(size / num_devices) * num_devices)  # no more than the grid
@@ -675,156 +743,151 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
         raise ValueError(f"one grid cell needs about {_bytes_text(spec.cell_bytes)}{per_device} by the memory "
                          f"estimate, above the budget of {_bytes_text(budget)} (--budget-mb); use smaller sizes "
                          f"(batch, samples, dimension) or a larger budget")
-    manifest = store_fingerprint(spec.axes, fingerprint)
-    key = _digest(manifest)
-    out = Path(out_dir) if out_dir is not None else None
-
-    def open_folder():
-        """(finished cells, the stored chunk size) of the output folder; process 0 only."""
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(".*.tmp"):
-            stale.unlink()
-        path = out / "sweep.json"
-        stored = list(out.glob("chunk_*.npz"))
-        if overwrite:
-            for old_chunk in stored:
-                old_chunk.unlink()
-        elif resume:
-            stored_chunk, digests = None, None
-            if path.exists():
-                old = read_json(path, "; --overwrite recomputes the chunks, or restore the file")  # one line naming it
-                if _digest({k: old.get(k) for k in ("axes", "fingerprint", "numerics")}) != key:
-                    diffs = diff_keys(old.get("fingerprint", {}), manifest["fingerprint"])
-                    diffs += diff_keys(old.get("numerics", {}), manifest["numerics"])
-                    diffs += [] if old.get("axes") == manifest["axes"] else ["the grid axes"]
-                    raise ValueError(f"--resume: {out} was written by a different config; differing: "
-                                     + ("; ".join(diffs) or "the stored fingerprint"))
-                stored_chunk = old.get("cells_per_device")  # None: an older sweep.json (no digests either)
-                digests = old.get("chunks") if isinstance(old.get("chunks"), dict) else None
-            have, trusted = _load_finished(out, key, size, say, digests)
-            return have, stored_chunk, trusted
-        elif stored:
-            raise ValueError(f"{out} holds {len(stored)} finished chunk(s); resume them (--resume) or "
-                             f"replace them (--overwrite)")
-        return {}, None, {}
-
-    # the folder is process 0's (see gmmssl.distributed): it reads it, every process gets the finished cells
-    have, stored_width, trusted = distributed.on_leader(open_folder) if out is not None else ({}, None, {})
-    # A cell's numbers are bit-identical only between programs of the same width (cells per
-    # device): XLA batches and fuses by it. Resuming keeps the stored width on any number of
-    # devices (the chunk is that width times the devices, padded), and refuses another one.
-    if stored_width and have and (requested is None or requested == stored_width * num_devices):
-        chunk_size = int(stored_width) * num_devices  # not clamped to the grid: padded instead
     if chunk_size is None:
         chunk_size = choose_chunk_size(spec.cell_bytes, size, num_devices, budget,
                                        max_cells=CPU_MAX_CHUNK if cpu_measures() else None)
-    chunk = max(num_devices, (int(chunk_size) // num_devices) * num_devices)
-    if stored_width and have and chunk // num_devices != stored_width:
+    manifest = store_fingerprint(spec.axes, fingerprint)
+    return _Plan(grid, size, devices, requested, chunk_size, manifest, _digest(manifest),
+                 manifest["numerics"]["matmul_precision"], Mesh(np.array(devices), ("grid",)))
+
+
+def _claim_folder(out: Path, plan: _Plan, resume: bool, overwrite: bool, say) -> tuple:
+    """(finished cells, the stored cells per device, the trusted chunks' digests) of the
+    output folder, after clearing it (overwrite) or checking its fingerprint (resume);
+    process 0 only."""
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".*.tmp"):
+        stale.unlink()
+    path = out / "sweep.json"
+    stored = list(out.glob("chunk_*.npz"))
+    if overwrite:
+        for old_chunk in stored:
+            old_chunk.unlink()
+    elif resume:
+        stored_width, digests = None, None
+        if path.exists():
+            old = read_json(path, "; --overwrite recomputes the chunks, or restore the file")  # one line naming it
+            if _digest({k: old.get(k) for k in ("axes", "fingerprint", "numerics")}) != plan.key:
+                diffs = diff_keys(old.get("fingerprint", {}), plan.manifest["fingerprint"])
+                diffs += diff_keys(old.get("numerics", {}), plan.manifest["numerics"])
+                diffs += [] if old.get("axes") == plan.manifest["axes"] else ["the grid axes"]
+                raise ValueError(f"--resume: {out} was written by a different config; differing: "
+                                 + ("; ".join(diffs) or "the stored fingerprint"))
+            stored_width = old.get("cells_per_device")  # None: an older sweep.json (no digests either)
+            digests = old.get("chunks") if isinstance(old.get("chunks"), dict) else None
+        have, trusted = _load_finished(out, plan.key, plan.size, say, digests)
+        return have, stored_width, trusted
+    elif stored:
+        raise ValueError(f"{out} holds {len(stored)} finished chunk(s); resume them (--resume) or "
+                         f"replace them (--overwrite)")
+    return {}, None, {}
+
+
+def _chunk_width(plan: _Plan, have: dict, stored_width) -> int:
+    """Cells per chunk, a multiple of the devices. A cell's numbers are bit-identical only
+    between programs of the same width (cells per device): XLA batches and fuses by it.
+    Resuming keeps the stored width on any number of devices (the chunk is that width
+    times the devices, padded), and refuses another one."""
+    n = plan.num_devices
+    chunk_size = plan.chunk_size
+    if stored_width and have and (plan.requested is None or plan.requested == stored_width * n):
+        chunk_size = int(stored_width) * n  # not clamped to the grid: padded instead
+    chunk = max(n, (int(chunk_size) // n) * n)
+    if stored_width and have and chunk // n != stored_width:
         raise ValueError(f"--resume: the stored cells were computed {stored_width} per device; this run would compute "
-                         f"{chunk // num_devices} per device ({chunk} cells on {num_devices} device(s)), and a cell's "
+                         f"{chunk // n} per device ({chunk} cells on {n} device(s)), and a cell's "
                          f"numbers are bit-identical only at equal cells per device: use --chunk-size "
-                         f"{stored_width * num_devices}, or --overwrite")
+                         f"{stored_width * n}, or --overwrite")
+    return chunk
 
-    def write_manifest():
-        atomic_write(out / "sweep.json", json.dumps(manifest, indent=2) + "\n")
 
-    def store(lo, hi, flat):
-        """Writes a chunk, then records its sha256 in sweep.json (a chunk whose record a stop
-        in between lost is set aside and recomputed on resume, never trusted); process 0 only."""
-        data = _chunk_bytes(lo, hi, flat, key)
-        atomic_write(out / _chunk_name(lo, hi), data)
-        manifest["chunks"][_chunk_name(lo, hi)] = _sha256(data)
-        write_manifest()
+def _write_manifest(out: Path, manifest: dict) -> None:
+    atomic_write(out / "sweep.json", json.dumps(manifest, indent=2) + "\n")
 
-    if out is not None:
-        manifest["chunk_size"] = chunk
-        manifest["cells_per_device"] = chunk // num_devices
-        manifest["chunks"] = dict(trusted)  # the stored chunks that were checked and kept
-        distributed.on_leader(write_manifest)
 
-    mesh = Mesh(np.array(devices), ("grid",))
-    grid_sharding = NamedSharding(mesh, PartitionSpec("grid"))
+def _store_chunk(out: Path, plan: _Plan, lo: int, hi: int, flat: dict) -> None:
+    """Writes a chunk, then records its sha256 in sweep.json (a chunk whose record a stop
+    in between lost is set aside and recomputed on resume, never trusted); process 0 only."""
+    data = _chunk_bytes(lo, hi, flat, plan.key)
+    atomic_write(out / _chunk_name(lo, hi), data)
+    plan.manifest["chunks"][_chunk_name(lo, hi)] = _sha256(data)
+    _write_manifest(out, plan.manifest)
 
-    # every phase traced under the precision the fingerprint records (gmmssl.backend)
-    precision = manifest["numerics"]["matmul_precision"]
-    train = jax.jit(jax.vmap(spec.train_fn))
 
+def _drop_superseded(out: Path, manifest: dict, names: set) -> None:
+    """Deletes the chunks of another layout that this run's chunks replace; process 0 only."""
+    extras = [p for p in out.glob("chunk_*.npz") if p.name not in names]
+    for extra in extras:
+        extra.unlink()
+        manifest["chunks"].pop(extra.name, None)
+    if extras:
+        _write_manifest(out, manifest)  # after the files: a record without its file is harmless
+
+
+def _programs(spec: Sweep, mesh) -> tuple:
+    """The three compiled phases: prepare and evaluate map each device's share of the chunk
+    (shard_map over the grid axis) cell by cell (lax.map) on the CPU, vmapped elsewhere
+    (gmmssl.backend.map_linalg); nothing is batched over devices (vmapping the map over a
+    device axis would trace every loop body again through its batching rule). train is
+    vmapped over the chunk."""
     def per_cell(fn):
-        """fn over each device's share of the chunk (shard_map over the grid axis): cell by
-        cell (lax.map) on the CPU, vmapped elsewhere (gmmssl.backend.map_linalg). Each
-        device maps its own cells; nothing is batched over devices (vmapping the map over a
-        device axis would trace every loop body again through its batching rule)."""
         return jax.jit(jax.shard_map(lambda *args: map_linalg(fn, *args), mesh=mesh,
                                      in_specs=PartitionSpec("grid"), out_specs=PartitionSpec("grid"),
                                      check_vma=False))
 
-    prepare = per_cell(spec.prepare_fn)
-    evaluate = per_cell(lambda c, d, t: _as_dict(spec.evaluate_fn(c, d, t)))
-    num_chunks = math.ceil(size / chunk)
-    pieces = []
-    start_time = time.perf_counter()
-    computed = 0
-    computed_chunks = 0
-    names = set()
-    for i in range(num_chunks):
-        lo, hi = i * chunk, min((i + 1) * chunk, size)
-        names.add(_chunk_name(lo, hi))
-        if all(c in have for c in range(lo, hi)):
-            first = have[lo][0]
-            flat = {k: np.stack([have[c][0][k][have[c][1]] for c in range(lo, hi)]) for k in first}
-            if out is not None:  # stored under another layout: keep it under this one too
-                distributed.on_leader(lambda: (out / _chunk_name(lo, hi)).exists() or store(lo, hi, flat))
-        else:
-            chunk_start = time.perf_counter()
-            idx = np.arange(lo, lo + chunk) % size  # pad the last chunk by wrapping around
-            cells = {n: jax.device_put(_host_array(v[idx]), grid_sharding) for n, v in grid.items()}
-            with jax.default_matmul_precision(precision):
-                data = prepare(cells)
-                result = evaluate(cells, data, train(cells, data))
-            _wait(result, started=start_time, max_seconds=max_seconds, say=say,
-                  what=f"{label}chunk {i + 1}/{num_chunks}")
-            if jax.process_count() > 1:
-                from jax.experimental import multihost_utils
-                result = multihost_utils.process_allgather(result, tiled=True)
-            flat = {k: v[: hi - lo] for k, v in flatten_tree(result).items()}
-            if out is not None:
-                distributed.on_leader(lambda: store(lo, hi, flat))
-            computed += hi - lo
-            computed_chunks += 1
-            if max_output_bytes is not None and computed_chunks == 1:
-                need = sum(v.nbytes for v in flat.values()) / (hi - lo) * size
-                if need > max_output_bytes:
-                    raise GridTooLarge(
-                        f"the grid's {size} cells would hold about {need / 2**30:.2f} GiB of outputs in memory, "
-                        f"above the limit of {max_output_bytes / 2**30:.2f} GiB; use fewer cells, or confirm "
-                        f"(--yes){' and --resume: the finished chunk is kept' if out is not None else ''}")
-            if max_seconds is not None and computed_chunks == 2 and hi < size:
-                # the second chunk's time alone (the first includes compilation)
-                left = sum(1 for c in range(hi, size) if c not in have)
-                eta = distributed.broadcast(left * (time.perf_counter() - chunk_start) / (hi - lo))  # process 0's
-                if eta > max_seconds:
-                    raise GridTooLarge(
-                        f"the grid's {left} remaining cells would take about {_duration(eta)}, above the limit "
-                        f"of {_duration(max_seconds)}; use fewer cells, or confirm (--yes)"
-                        f"{' and --resume: the finished chunks are kept' if out is not None else ''}")
-        pieces.append(_unflatten(flat))
-        elapsed = time.perf_counter() - start_time
-        rate = computed / elapsed if elapsed > 0 and computed else 0.0
-        left = sum(1 for c in range(hi, size) if c not in have)
-        eta = f"{left / rate:.0f}s" if rate > 0 else "?"
-        say(f"{label}[{_bar(i + 1, num_chunks)}] chunk {i + 1}/{num_chunks}, {hi}/{size} cells, "
-            f"{rate:.1f} cells/s, {elapsed:.1f}s elapsed, ETA {eta}")
-    def drop_superseded():
-        extras = [p for p in out.glob("chunk_*.npz") if p.name not in names]  # superseded by this layout's chunks
-        for extra in extras:
-            extra.unlink()
-            manifest["chunks"].pop(extra.name, None)
-        if extras:
-            write_manifest()  # after the files: a record without its file is harmless
+    return (per_cell(spec.prepare_fn), jax.jit(jax.vmap(spec.train_fn)),
+            per_cell(lambda c, d, t: _as_dict(spec.evaluate_fn(c, d, t))))
 
-    if out is not None:
-        distributed.on_leader(drop_superseded)
-    if stats is not None:
-        stats.update(computed=computed, reused=size - computed)
-    outputs = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=0), *pieces)
-    return grid, outputs
+
+def _run_chunk(programs, plan: _Plan, lo: int, hi: int, chunk: int, wait: dict) -> dict:
+    """Computes cells lo … hi − 1 (the chunk padded by wrapping around to ``chunk`` cells,
+    sharded over the devices, every phase traced under the fingerprint's precision);
+    returns the flattened outputs of those cells, gathered from every process."""
+    prepare, train, evaluate = programs
+    idx = np.arange(lo, lo + chunk) % plan.size
+    sharding = NamedSharding(plan.mesh, PartitionSpec("grid"))
+    cells = {n: jax.device_put(_host_array(v[idx]), sharding) for n, v in plan.grid.items()}
+    with jax.default_matmul_precision(plan.precision):
+        data = prepare(cells)
+        result = evaluate(cells, data, train(cells, data))
+    _wait(result, **wait)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        result = multihost_utils.process_allgather(result, tiled=True)
+    return {k: v[: hi - lo] for k, v in flatten_tree(result).items()}
+
+
+def _reused_chunk(have: dict, lo: int, hi: int) -> dict:
+    first = have[lo][0]
+    return {k: np.stack([have[c][0][k][have[c][1]] for c in range(lo, hi)]) for k in first}
+
+
+def _check_limits(plan: _Plan, have: dict, flat: dict, lo: int, hi: int, computed_chunks: int, chunk_seconds: float,
+                  max_output_bytes, max_seconds, kept: bool) -> None:
+    """GridTooLarge when the first computed chunk says the held outputs would exceed
+    ``max_output_bytes``, or the second (the first includes compilation) that the rest
+    would take longer than ``max_seconds`` (process 0's estimate, for every process)."""
+    if max_output_bytes is not None and computed_chunks == 1:
+        need = sum(v.nbytes for v in flat.values()) / (hi - lo) * plan.size
+        if need > max_output_bytes:
+            raise GridTooLarge(
+                f"the grid's {plan.size} cells would hold about {need / 2**30:.2f} GiB of outputs in memory, "
+                f"above the limit of {max_output_bytes / 2**30:.2f} GiB; use fewer cells, or confirm "
+                f"(--yes){' and --resume: the finished chunk is kept' if kept else ''}")
+    if max_seconds is not None and computed_chunks == 2 and hi < plan.size:
+        left = sum(1 for c in range(hi, plan.size) if c not in have)
+        eta = distributed.broadcast(left * chunk_seconds / (hi - lo))  # process 0's
+        if eta > max_seconds:
+            raise GridTooLarge(
+                f"the grid's {left} remaining cells would take about {_duration(eta)}, above the limit "
+                f"of {_duration(max_seconds)}; use fewer cells, or confirm (--yes)"
+                f"{' and --resume: the finished chunks are kept' if kept else ''}")
+
+
+def _progress_line(label: str, i: int, num_chunks: int, hi: int, size: int, computed: int, have: dict,
+                   elapsed: float) -> str:
+    rate = computed / elapsed if elapsed > 0 and computed else 0.0
+    left = sum(1 for c in range(hi, size) if c not in have)
+    eta = f"{left / rate:.0f}s" if rate > 0 else "?"
+    return (f"{label}[{_bar(i + 1, num_chunks)}] chunk {i + 1}/{num_chunks}, {hi}/{size} cells, "
+            f"{rate:.1f} cells/s, {elapsed:.1f}s elapsed, ETA {eta}")

@@ -289,9 +289,13 @@ class TrainConfig:
         """The objective's name (the method name in results)."""
         return self.objective.name
 
+    def __post_init__(self):
+        self.validate()  # a config that cannot train is refused where it is written, not at its first use
+
     def validate(self, d: int | None = None) -> None:
         """Raises ValueError for a choice out of range; without ``d`` (the data's
-        dimension, unknown before the data) every check but r's upper bound."""
+        dimension, unknown before the data) every check but r's upper bound. Called
+        without ``d`` when the config is made."""
         check_int("r", self.r, low=1, high=d)
         objective = self.objective
         check_int("batch_size", self.batch_size, low=2 if objective.in_batch else 1)

@@ -216,13 +216,16 @@ def test_the_users_callables_are_checked_abstractly_with_errors_that_name_them(c
 
 
 def test_steps_below_log_every_is_refused_before_tracing_naming_both():
-    cfg = TrainConfig(steps=1, batch_size=8)
     want = r"log_every \(50\) must be at most steps \(1\)"
     with pytest.raises(ValueError, match=want):
+        TrainConfig(steps=1, batch_size=8)  # where it is made: nothing can trace it
+    cfg = TrainConfig(steps=2, log_every=2, batch_size=8)
+    object.__setattr__(cfg, "steps", 1)  # made valid, changed behind the dataclass's back: still refused
+    with pytest.raises(ValueError, match=r"log_every \(2\) must be at most steps \(1\)"):
         trainer_ranges(cfg)  # what a sweep is given: refused before map_grid traces anything
-    with pytest.raises(ValueError, match=want):
+    with pytest.raises(ValueError, match=r"log_every \(2\) must be at most steps \(1\)"):
         make_compare_cell(lambda c: G, cfg)
-    with pytest.raises(ValueError, match=want):
+    with pytest.raises(ValueError, match=r"log_every \(2\) must be at most steps \(1\)"):
         train(jax.random.PRNGKey(0), G, {}, cfg)
 
 

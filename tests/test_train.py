@@ -73,21 +73,22 @@ def test_finite_sample_regime():
 
 
 @pytest.mark.parametrize(
-    "cfg, match",
+    "kwargs, match",
     [
-        (TrainConfig(r=0), r"r must be in \[1, 6\]"),
-        (TrainConfig(r=7), r"r must be in \[1, 6\]"),
-        (TrainConfig(steps=100, log_every=30), "multiple of log_every"),
-        (TrainConfig(loss="byol2"), "loss must be one of"),
-        (TrainConfig(mode="bad"), "mode must be one of"),
-        (TrainConfig(batch_size=0), "batch_size"),
-        (TrainConfig(num_samples=10), "num_samples"),
+        (dict(r=0), r"r must be in \[1, inf\]"),
+        (dict(r=7), r"r must be in \[1, 6\]"),  # against the data's d = 6: at train
+        (dict(steps=100, log_every=30), "multiple of log_every"),
+        (dict(loss="byol2"), "loss must be one of"),
+        (dict(mode="bad"), "mode must be one of"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(num_samples=10), "num_samples"),
     ],
 )
-def test_bad_config_is_rejected_before_compiling(cfg, match):
+def test_bad_config_is_rejected_before_compiling(kwargs, match):
+    """Where the config is made (every check that needs no data), else at train."""
     g = parallel_pancakes(6, 2)
     with pytest.raises(ValueError, match=match):
-        train(jax.random.PRNGKey(0), g, make_hparams(), cfg)
+        train(jax.random.PRNGKey(0), g, make_hparams(), TrainConfig(**kwargs))
 
 
 @pytest.mark.parametrize(

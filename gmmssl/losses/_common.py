@@ -48,7 +48,17 @@ def similarity_inputs(z, z_pos, temperature, similarity: str):
 def similarity_logits(z, z_pos, temperature, similarity: str):
     """ℓ_ij = s(z_i, z⁺_j)/τ, (B, B)."""
     z, z_pos = similarity_inputs(z, z_pos, temperature, similarity)
-    return (z @ z_pos.T) / temperature
+    return (z @ z_pos.T) / traced_in_range(temperature, low_open=0.0)
+
+
+def traced_in_range(value, *, low_open: float):
+    """``value`` when concrete (checked by the caller); traced (inside jit, vmap, grad), NaN
+    where it is not finite or not above ``low_open``, so that an out-of-range value gives
+    a NaN loss (and gradients), flagged as divergence, never a finite wrong number."""
+    if is_concrete(value):
+        return value
+    value = jnp.asarray(value)
+    return jnp.where(jnp.isfinite(value) & (value > low_open), value, jnp.nan)
 
 
 REDUCTIONS = ("mean", "none")

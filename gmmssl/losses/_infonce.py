@@ -9,7 +9,7 @@ from jax.nn import logsumexp
 from gmmssl._validate import check_choice, check_range
 from gmmssl.backend import fused_low_rank
 from gmmssl.losses._common import (REDUCTIONS, check_mask, check_pair, keep_rows, reduce, safe_columns,
-                                   similarity_inputs, similarity_logits)
+                                   similarity_inputs, similarity_logits, traced_in_range)
 
 
 @jax.custom_jvp
@@ -159,7 +159,7 @@ def infonce(z, z_pos, *, temperature=1.0, similarity: str = "dot", symmetric: bo
         cols = safe_columns(keep)
     if z.shape[1] <= SMALL_RANK and fused_low_rank():  # the fused kernel (CPU); the same value and gradient
         z, z_pos = similarity_inputs(z, z_pos, temperature, similarity)
-        a = z / temperature
+        a = z / traced_in_range(temperature, low_open=0.0)
         diag = jnp.sum(a * z_pos, axis=1)
         weights = jnp.ones(z.shape[:1], z.dtype) if cols is None else cols.astype(z.dtype)
         values = low_rank_logsumexp(a, z_pos, weights) - diag

@@ -106,6 +106,8 @@ def simsiam(z, z_pos, *, predictor=None, xi=0.0, distance: str = "l2", stop_grad
     else:
         chex.assert_shape(predictor, (z.shape[1], z.shape[1]), custom_message="predictor must be (r, r)")
         p, p_pos = z @ predictor, z_pos @ predictor
+    if jnp.result_type(p).kind not in "biuf":
+        raise ValueError(f"predictor must give real numbers, got dtype {jnp.result_type(p).name}")
     sg = jax.lax.stop_gradient if stop_gradient else (lambda a: a)
     align = 0.5 * _distance(p, sg(z_pos), distance) + 0.5 * _distance(p_pos, sg(z), distance)
     return reduce(align + xi * _covariance_penalty(z, keep), keep, reduction)

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from gmmssl._validate import check_choice, check_range
-from gmmssl.losses._common import REDUCTIONS, check_mask, check_pair, keep_rows, normalize, reduce, safe_columns
+from gmmssl.losses._common import (REDUCTIONS, check_mask, check_pair, keep_rows, normalize, reduce, safe_columns,
+                                   traced_in_range)
 from gmmssl.losses._infonce import row_logsumexp
 
 
@@ -38,7 +39,7 @@ def _two_view(z, z_pos, temperature, keep, drop_positive: bool):
     check_range("temperature", temperature, 0.0, float("inf"), low_open=True, high_open=True)
     b = z.shape[0]
     u = normalize(jnp.concatenate([z, z_pos]))
-    s = u @ u.T / temperature
+    s = u @ u.T / traced_in_range(temperature, low_open=0.0)
     n = 2 * b
     idx = jnp.arange(n)
     pos = (idx + b) % n
@@ -288,6 +289,8 @@ def siglip(z, z_pos, *, log_temperature=math.log(10.0), bias=-10.0, mask=None, r
       0.6932
     """
     keep, z, z_pos = _start(z, z_pos, mask, reduction)
+    check_range("log_temperature", log_temperature, -math.inf, math.inf)  # concrete: finite and real
+    check_range("bias", bias, -math.inf, math.inf)
     logits = jnp.exp(log_temperature) * (normalize(z) @ normalize(z_pos).T) + bias
     labels = 2.0 * jnp.eye(z.shape[0], dtype=logits.dtype) - 1.0
     terms = -jax.nn.log_sigmoid(labels * logits)
