@@ -1,4 +1,5 @@
-r"""The augmentation-enabled distribution AeD(δ): pairs (x, x⁺) with noisy augmentations.
+r"""Training pairs (x, x⁺) whose second view comes from x's own component only with
+probability δ: the paper's augmentation-enabled distribution AeD(δ), noisy augmentations.
 
 For one pair: :math:`c \sim \pi`, :math:`u \sim U(0,1)`;
 :math:`c^+ = c` if :math:`u < \delta`, otherwise :math:`c^+ = c'` where

@@ -1,4 +1,5 @@
-"""Choices measured on one backend, applied only there.
+"""What gmmssl does differently on the CPU and on accelerators: each choice measured on one
+backend, and applied only there.
 
 gmmssl was measured on the CPU, where two things differ from accelerators:
 

@@ -1,4 +1,5 @@
-"""Labelled data sets used as mixtures: AeD(δ) pairs drawn from the true classes.
+"""Your own data instead of a synthetic mixture: a labelled data set (or any source of
+pairs) that the trainer samples training pairs from, the partner drawn from the true class.
 
 ``Dataset`` holds features X (n, d) and integer labels y (n,) and draws augmentation
 pairs the way AeD(δ) does for a mixture (SPEC 3.3, mode "prior"): x is a random point;

@@ -1,4 +1,5 @@
-"""Sweeps across processes: JAX's distributed runtime, and who touches the files.
+"""One sweep run by several cooperating processes (hosts, GPUs, a TPU slice): JAX's
+distributed runtime, who touches the files, and how a failure ends.
 
 One sweep can run as N cooperating processes (hosts of a cluster, GPUs of a node, a TPU
 slice, or several processes on one machine): :func:`initialize` starts

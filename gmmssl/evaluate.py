@@ -1,4 +1,5 @@
-"""One grid cell of a method comparison: train the SSL projector, fit the baselines, score all.
+"""One grid cell of a method comparison: train the self-supervised projector, fit the
+supervised and unsupervised baselines (LDA, PCA) on the same data, and score them all.
 
 A cell is split in three pure, traceable phases that the sweep engine runs differently:
 

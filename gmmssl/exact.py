@@ -1,4 +1,5 @@
-r"""The exact population InfoNCE objective, its certified optima, and the sign-flip argument.
+r"""The InfoNCE loss computed exactly, with no sampling noise (every expectation over the
+mixture integrated), its minimizers found and certified, and why they lie in Σ⁻¹span{μ_j}.
 
 The sampled trainers (even ``infonce_population``, whose anchors and positives are still
 drawn) descend a noisy objective. Here every expectation is computed. For a projector
