@@ -66,6 +66,29 @@ def fused_low_rank() -> bool:
     return cpu_measures()
 
 
+IMPLEMENTATIONS = ("xla", "low_rank", "pallas")
+
+
+def contrastive_implementation(implementation: str | None, r: int, *, low_rank: bool = True,
+                               small_rank: int = 4) -> str:
+    """The code path of an in-batch contrastive loss (InfoNCE, CLIP, NT-Xent, DCL), as
+    ``jax.nn.dot_product_attention`` chooses: "xla" (the (B, B) logits matrix and XLA's
+    matmul), "low_rank" (InfoNCE and CLIP only: the logits as r outer products inside the
+    reductions, :func:`gmmssl.losses.low_rank_logsumexp`), "pallas" (the fused tiles of
+    :mod:`gmmssl.losses._pallas`: no B×B array in memory; interpreted, slowly, off GPU
+    and TPU), or None: the measured best on this backend, "low_rank" on the CPU for
+    r ≤ ``small_rank`` (1.05–1.10× a hand-written program there), else "xla" (the Pallas
+    kernel is not yet timed on an accelerator, so it is not the default anywhere)."""
+    if implementation is None:
+        return "low_rank" if (low_rank and r <= small_rank and fused_low_rank()) else "xla"
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be None or one of {list(IMPLEMENTATIONS)}, got {implementation!r}")
+    if implementation == "low_rank" and not low_rank:
+        raise ValueError("implementation 'low_rank' is InfoNCE's and CLIP's (dot products of two views); this loss "
+                         "takes 'xla' or 'pallas'")
+    return implementation
+
+
 def map_linalg(fn, *xs, unroll: bool = False):
     """``fn`` over the leading axis of ``xs`` (arrays or pytrees), for functions that do
     linear algebra: ``vmap`` where batched linear algebra is safe; on the CPU ``lax.map``

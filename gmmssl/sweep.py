@@ -304,7 +304,8 @@ def numerics() -> dict:
     """What changes the numbers beside the config: the float width, the float32 matmul
     precision (:func:`gmmssl.backend.matmul_precision`), the backend, the library versions,
     gmmssl's own source (:func:`source_digest`), the XLA flags (:func:`xla_flags`) and
-    whether XLA optimizes (``jax_disable_most_optimizations``): part of every stored chunk's
+    whether XLA optimizes (``jax_disable_most_optimizations``) and the contrastive losses'
+    default code path (:func:`default_contrastive_implementation`): part of every stored chunk's
     and run's fingerprint. With the cells per device (the chunk's width per device, which
     :func:`run_grid` keeps when it resumes) these fix a cell's numbers bit for bit."""
     import jaxlib
@@ -314,7 +315,18 @@ def numerics() -> dict:
     return {"x64": bool(jax.config.jax_enable_x64), "matmul_precision": matmul_precision(),
             "backend": jax.default_backend(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
             "numpy": np.__version__, "gmmssl": gmmssl.__version__, "source": source_digest(),
-            "xla_flags": xla_flags(), "optimized": not jax.config.read("jax_disable_most_optimizations")}
+            "xla_flags": xla_flags(), "optimized": not jax.config.read("jax_disable_most_optimizations"),
+            "contrastive_implementation": default_contrastive_implementation()}
+
+
+def default_contrastive_implementation() -> str:
+    """The in-batch contrastive losses' default code path on this backend, in words
+    (:func:`gmmssl.backend.contrastive_implementation` with implementation=None)."""
+    from gmmssl.backend import contrastive_implementation
+    from gmmssl.losses import SMALL_RANK
+
+    low, high = (contrastive_implementation(None, r, small_rank=SMALL_RANK) for r in (1, SMALL_RANK + 1))
+    return low if low == high else f"{low} (r <= {SMALL_RANK}), else {high}"
 
 
 def xla_flags() -> str:

@@ -49,7 +49,7 @@ import optax
 from gmmssl import losses, projectors
 from gmmssl._validate import check_choice, check_int, check_range, is_concrete
 from gmmssl.augment import MODES, sample_pairs
-from gmmssl.backend import with_matmul_precision
+from gmmssl.backend import IMPLEMENTATIONS, with_matmul_precision
 from gmmssl.data import Dataset, sample_dataset_pairs
 from gmmssl.gmm import GMM, HeteroGMM, MultiModalGMM, sample_multimodal
 from gmmssl.metrics import fisher_capture
@@ -258,6 +258,9 @@ class TrainConfig:
         :mod:`gmmssl.projectors`. Empty (the default): the linear projector of the
         theory. For losses "infonce", "simsiam" and "spectral"; the history records no
         Fisher capture (A is not a map from the data space).
+      implementation: the in-batch contrastive losses' code path ("infonce", "clip",
+        "ntxent", "dcl"): None (the backend's measured best), "xla", "low_rank" (InfoNCE
+        and CLIP only) or "pallas" (:func:`gmmssl.backend.contrastive_implementation`).
     """
 
     r: int = 2
@@ -278,6 +281,7 @@ class TrainConfig:
     hidden: tuple = ()
     activation: str = "gelu"
     optimizer: Any = optax.adam
+    implementation: str | None = None
 
     @property
     def objective(self) -> "Objective":
@@ -315,6 +319,8 @@ class TrainConfig:
             raise ValueError(f"optimizer must be an optax optimizer factory (such as optax.adam) or an "
                              f"optax.GradientTransformation, got {self.optimizer!r}")
         check_choice("distance", self.distance, losses._simsiam.DISTANCES)
+        if self.implementation is not None:
+            check_choice("implementation", self.implementation, IMPLEMENTATIONS)
         check_range("final_lr_fraction", self.final_lr_fraction, 0.0, 1.0)
         check_range("init_scale", self.init_scale, 0.0, float("inf"), low_open=True, high_open=True)
         if self.num_samples is not None:
@@ -480,7 +486,8 @@ def _modality_pairs(key, gmm, n, hparams, config):
 
 def _infonce_loss(params, x, x_pos, hparams, config, gmm):
     return losses.infonce(embed(params, x, config), embed(params, x_pos, config), temperature=hparams["temperature"],
-                          similarity=config.similarity, symmetric=config.symmetric)
+                          similarity=config.similarity, symmetric=config.symmetric,
+                          implementation=config.implementation)
 
 
 def _infonce_population_loss(params, x, x_pos, hparams, config, gmm):
@@ -501,7 +508,7 @@ def _spectral_loss(params, x, x_pos, hparams, config, gmm):
 
 def _clip_loss(params, x1, x2, hparams, config, gmm):
     return losses.clip(x1 @ params["A"], x2 @ params["A2"], temperature=hparams["temperature"],
-                       similarity=config.similarity)
+                       similarity=config.similarity, implementation=config.implementation)
 
 
 def _views(params, x, x_pos, config):
@@ -509,11 +516,13 @@ def _views(params, x, x_pos, config):
 
 
 def _ntxent_loss(params, x, x_pos, hparams, config, gmm):
-    return losses.ntxent(*_views(params, x, x_pos, config), temperature=hparams["temperature"])
+    return losses.ntxent(*_views(params, x, x_pos, config), temperature=hparams["temperature"],
+                         implementation=config.implementation)
 
 
 def _dcl_loss(params, x, x_pos, hparams, config, gmm):
-    return losses.dcl(*_views(params, x, x_pos, config), temperature=hparams["temperature"])
+    return losses.dcl(*_views(params, x, x_pos, config), temperature=hparams["temperature"],
+                      implementation=config.implementation)
 
 
 def _barlow_loss(params, x, x_pos, hparams, config, gmm):

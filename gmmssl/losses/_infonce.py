@@ -7,7 +7,8 @@ import jax.numpy as jnp
 from jax.nn import logsumexp
 
 from gmmssl._validate import check_choice, check_range
-from gmmssl.backend import fused_low_rank
+from gmmssl.backend import contrastive_implementation
+from gmmssl.losses import _pallas
 from gmmssl.losses._common import (REDUCTIONS, check_mask, check_pair, keep_rows, reduce, safe_columns,
                                    similarity_inputs, similarity_logits, traced_in_range)
 
@@ -96,7 +97,7 @@ def _low_rank_jvp(primals, tangents):
 
 
 def infonce(z, z_pos, *, temperature=1.0, similarity: str = "dot", symmetric: bool = False, mask=None,
-            reduction: str = "mean"):
+            reduction: str = "mean", implementation: str | None = None):
     r"""InfoNCE with in-batch negatives.
 
     .. math::
@@ -116,12 +117,15 @@ def infonce(z, z_pos, *, temperature=1.0, similarity: str = "dot", symmetric: bo
     symmetric=True`` this loss is NT-Xent without same-view negatives, and is never
     larger than it (tested).
 
-    Two code paths, the same value and gradient (tested): on the CPU for r ≤
-    :data:`SMALL_RANK` a fused kernel (:func:`low_rank_logsumexp`: the logits as r outer
-    products inside the reductions, no B×B matmul, faster on the CPU at the theory's
-    small r); above it, and on accelerators (:mod:`gmmssl.backend`), the (B, B) logits
-    matrix and :func:`row_logsumexp`. Both have custom JVPs, so
-    forward mode (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) and reverse mode work.
+    Three code paths, the same value, gradient and JVP to float32 rounding (tested),
+    chosen by ``implementation`` (:func:`gmmssl.backend.contrastive_implementation`):
+    "low_rank" (:func:`low_rank_logsumexp`: the logits as r outer products inside the
+    reductions, no B×B matmul; the default on the CPU for r ≤ :data:`SMALL_RANK`),
+    "xla" (the (B, B) logits matrix and :func:`row_logsumexp`; the default otherwise),
+    "pallas" (fused tiles with an online log-sum-exp, the logits never in memory, in
+    value, gradient and JVP with ``reduction="mean"``; :mod:`gmmssl.losses._pallas`).
+    All have custom JVPs, so forward mode (``jax.jvp``, ``jax.jacfwd``) and reverse mode
+    work.
 
     Args:
       z: (B, r) embeddings of the samples.
@@ -137,6 +141,7 @@ def infonce(z, z_pos, *, temperature=1.0, similarity: str = "dot", symmetric: bo
         gives NaN, with zero gradients (:mod:`gmmssl.losses`).
       reduction: "mean" (the scalar mean over the rows kept) or "none" (the (B,)
         per-example values L_i, 0 on masked rows).
+      implementation: None (the backend's measured best), "xla", "low_rank" or "pallas".
 
     Returns:
       scalar loss, or (B,) with ``reduction="none"``.
@@ -157,11 +162,14 @@ def infonce(z, z_pos, *, temperature=1.0, similarity: str = "dot", symmetric: bo
     else:  # masked rows are 0 before any arithmetic: nothing of theirs reaches a value or gradient
         z, z_pos = keep_rows(keep, z, z_pos)
         cols = safe_columns(keep)
-    if z.shape[1] <= SMALL_RANK and fused_low_rank():  # the fused kernel (CPU); the same value and gradient
+    path = contrastive_implementation(implementation, z.shape[1], small_rank=SMALL_RANK)
+    if path != "xla":  # the fused paths: the same value and gradient
         z, z_pos = similarity_inputs(z, z_pos, temperature, similarity)
         a = z / traced_in_range(temperature, low_open=0.0)
         diag = jnp.sum(a * z_pos, axis=1)
         weights = jnp.ones(z.shape[:1], z.dtype) if cols is None else cols.astype(z.dtype)
+        if path == "pallas":
+            return _pallas_loss(a, z_pos, weights, diag, keep, reduction, symmetric)
         values = low_rank_logsumexp(a, z_pos, weights) - diag
         if symmetric:
             values = 0.5 * (values + low_rank_logsumexp(z_pos, a, weights) - diag)
@@ -175,7 +183,34 @@ def infonce(z, z_pos, *, temperature=1.0, similarity: str = "dot", symmetric: bo
     return reduce(values, keep, reduction)
 
 
-def clip(z_a, z_b, *, temperature=1.0, similarity: str = "dot", mask=None, reduction: str = "mean"):
+def _pallas_loss(a, b, cols, positive, keep, reduction, symmetric, *, exclude_self=False, pair_half=None,
+                 pair_mean=False):
+    """The in-batch loss from the fused kernels: lse_i (over b's rows, both directions when
+    ``symmetric``) minus the positive logit, reduced. With ``pair_mean`` the anchors are
+    the 2B rows of [z; z⁺] and a pair's value is the mean of its two anchors' (NT-Xent,
+    DCL). "mean" is one weighted sum (:func:`gmmssl.losses._pallas.lse_sum`: no B×B array
+    in its value, gradient or JVP); "none" the rows themselves (:func:`lse_rows`)."""
+    directions = [(a, b), (b, a)] if symmetric else [(a, b)]
+    if reduction == "none":
+        values = sum(_pallas.lse_rows(x, y, cols, exclude_self, pair_half) - positive for x, y in directions)
+        values = values / len(directions)
+        if pair_mean:
+            half = values.shape[0] // 2
+            values = 0.5 * (values[:half] + values[half:])
+        return reduce(values, keep, reduction)
+    rows = cols.shape[0] // (2 if pair_mean else 1)
+    kept = jnp.ones((rows,), a.dtype) if keep is None else keep.astype(a.dtype)
+    n = jnp.sum(kept)
+    w = kept / jnp.maximum(n, 1.0)
+    if pair_mean:
+        w = 0.5 * jnp.concatenate([w, w])
+    total = sum(_pallas.lse_sum(x, y, cols, w, exclude_self, pair_half) for x, y in directions) / len(directions)
+    loss = total - jnp.sum(w * positive)
+    return jnp.where(n > 0, loss, jnp.nan)
+
+
+def clip(z_a, z_b, *, temperature=1.0, similarity: str = "dot", mask=None, reduction: str = "mean",
+         implementation: str | None = None):
     r"""CLIP: symmetric InfoNCE between two modalities' embeddings of matched pairs.
 
     .. math::
@@ -191,6 +226,7 @@ def clip(z_a, z_b, *, temperature=1.0, similarity: str = "dot", mask=None, reduc
       mask, reduction: as in :func:`infonce` (a boolean mask; padded pairs are selected
         out before any arithmetic; a concrete mask keeping fewer than 2 rows is refused, a
         traced one keeping no row gives NaN with zero gradients).
+      implementation: as in :func:`infonce`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -199,7 +235,7 @@ def clip(z_a, z_b, *, temperature=1.0, similarity: str = "dot", mask=None, reduc
     """
     check_pair(z_a, z_b, names=("z_a", "z_b"), min_batch=2)
     return infonce(z_a, z_b, temperature=temperature, similarity=similarity, symmetric=True, mask=mask,
-                   reduction=reduction)
+                   reduction=reduction, implementation=implementation)
 
 
 def infonce_population(z, z_pos, neg_means, neg_cov, neg_log_weights, *, temperature=1.0, mask=None,

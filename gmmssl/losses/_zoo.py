@@ -20,7 +20,8 @@ import jax.numpy as jnp
 from gmmssl._validate import check_choice, check_range
 from gmmssl.losses._common import (REDUCTIONS, check_mask, check_pair, keep_rows, normalize, reduce, safe_columns,
                                    traced_in_range)
-from gmmssl.losses._infonce import row_logsumexp
+from gmmssl.backend import contrastive_implementation
+from gmmssl.losses._infonce import _pallas_loss, row_logsumexp
 
 
 def _start(z, z_pos, mask, reduction, min_batch=2, names=("z", "z_pos")):
@@ -33,14 +34,22 @@ def _start(z, z_pos, mask, reduction, min_batch=2, names=("z", "z_pos")):
     return (keep, *keep_rows(keep, z, z_pos))
 
 
-def _two_view(z, z_pos, temperature, keep, drop_positive: bool):
-    """Per-anchor losses of the 2B embeddings [z; z⁺] (cosine similarity / τ): each
-    anchor's positive is its other view; (B,) per pair: the mean of its two anchors."""
+def _two_view(z, z_pos, temperature, keep, drop_positive: bool, reduction: str, implementation):
+    """The loss over the 2B embeddings [z; z⁺] (cosine similarity / τ): each anchor's
+    positive is its other view; per pair (B,): the mean of its two anchors; reduced."""
     check_range("temperature", temperature, 0.0, float("inf"), low_open=True, high_open=True)
     b = z.shape[0]
     u = normalize(jnp.concatenate([z, z_pos]))
-    s = u @ u.T / traced_in_range(temperature, low_open=0.0)
     n = 2 * b
+    path = contrastive_implementation(implementation, z.shape[1], low_rank=False)
+    if path == "pallas":
+        a = u / traced_in_range(temperature, low_open=0.0)
+        positive = jnp.sum(a * jnp.concatenate([u[b:], u[:b]]), axis=1)
+        cols = jnp.ones((b,), bool) if keep is None else safe_columns(keep)
+        cols = jnp.concatenate([cols, cols]).astype(u.dtype)
+        return _pallas_loss(a, u, cols, positive, keep, reduction, False, exclude_self=True,
+                            pair_half=b if drop_positive else None, pair_mean=True)
+    s = u @ u.T / traced_in_range(temperature, low_open=0.0)
     idx = jnp.arange(n)
     pos = (idx + b) % n
     out = idx[:, None] == idx[None, :]  # an anchor is never its own negative
@@ -50,10 +59,10 @@ def _two_view(z, z_pos, temperature, keep, drop_positive: bool):
         cols = safe_columns(keep)
         out = out | ~jnp.concatenate([cols, cols])[None, :]
     per_anchor = row_logsumexp(jnp.where(out, -jnp.inf, s)) - s[idx, pos]
-    return 0.5 * (per_anchor[:b] + per_anchor[b:])
+    return reduce(0.5 * (per_anchor[:b] + per_anchor[b:]), keep, reduction)
 
 
-def ntxent(z, z_pos, *, temperature=0.5, mask=None, reduction: str = "mean"):
+def ntxent(z, z_pos, *, temperature=0.5, mask=None, reduction: str = "mean", implementation: str | None = None):
     r"""SimCLR's NT-Xent (Chen et al. 2020) on the 2B embeddings u = [z; z⁺].
 
     .. math::
@@ -75,6 +84,8 @@ def ntxent(z, z_pos, *, temperature=0.5, mask=None, reduction: str = "mean"):
         fewer than 2 rows is refused (ValueError); a traced one keeping no row gives NaN,
         with zero gradients (:mod:`gmmssl.losses`).
       reduction: "mean" or "none".
+      implementation: None (the backend's measured best: "xla"), "xla" or "pallas" (fused
+        tiles, the 2B×2B logits never in memory; :func:`gmmssl.losses.infonce`).
 
     Example:
       >>> import jax.numpy as jnp
@@ -82,10 +93,10 @@ def ntxent(z, z_pos, *, temperature=0.5, mask=None, reduction: str = "mean"):
       0.2395
     """
     keep, z, z_pos = _start(z, z_pos, mask, reduction)
-    return reduce(_two_view(z, z_pos, temperature, keep, drop_positive=False), keep, reduction)
+    return _two_view(z, z_pos, temperature, keep, False, reduction, implementation)
 
 
-def dcl(z, z_pos, *, temperature=0.1, mask=None, reduction: str = "mean"):
+def dcl(z, z_pos, *, temperature=0.1, mask=None, reduction: str = "mean", implementation: str | None = None):
     r"""Decoupled contrastive learning (Yeh et al. 2022): NT-Xent with the positive
     removed from the denominator.
 
@@ -99,8 +110,8 @@ def dcl(z, z_pos, *, temperature=0.1, mask=None, reduction: str = "mean"):
     Args:
       z, z_pos: (B, r) embeddings of the two views (B ≥ 2).
       temperature: τ > 0 (DCL: 0.1).
-      mask, reduction: as in :func:`ntxent` (a traced mask keeping a single row gives NaN:
-        its anchors have no negative).
+      mask, reduction, implementation: as in :func:`ntxent` (a traced mask keeping a single
+        row gives NaN: its anchors have no negative).
 
     Example:
       >>> import jax.numpy as jnp
@@ -108,7 +119,7 @@ def dcl(z, z_pos, *, temperature=0.1, mask=None, reduction: str = "mean"):
       -0.3069
     """
     keep, z, z_pos = _start(z, z_pos, mask, reduction)
-    return reduce(_two_view(z, z_pos, temperature, keep, drop_positive=True), keep, reduction)
+    return _two_view(z, z_pos, temperature, keep, True, reduction, implementation)
 
 
 def _weights(keep, b, dtype):
