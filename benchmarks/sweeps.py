@@ -19,6 +19,7 @@ Compile time is reported apart from steady state; each figure is a median over r
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 
 import jax
@@ -26,9 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gmmssl.backend import cpu_measures, matmul_precision
+from gmmssl.backend import contrastive_implementation, cpu_measures, matmul_precision
 from gmmssl.benchmarks.common import peak_rss_mb, time_stats
 from gmmssl import losses
+from gmmssl.losses import SMALL_RANK
 from gmmssl.augment import sample_pairs
 from gmmssl.gmm import parallel_pancakes, random_gmm
 from gmmssl.sweep import CPU_MAX_CHUNK, choose_chunk_size, estimate_cell_bytes
@@ -107,13 +109,15 @@ def _handwritten_fn(gmm, cfg, learning_rate: float = 0.05):
 
 def run(configs=("pancakes", "delta"), sizes=(1, 16, 256, 4096), loop_sizes=(1, 16), repeats: int = 3,
         budget_bytes: int | None = None, max_cells: int | None = None, steps: int | None = None,
-        precisions=(None,)):
+        precisions=(None,), implementations=(None,)):
     """Rows of model-steps/s per (config, method, G); large grids are timed once (repeats
     fall to 1 above G = 256, where one pass takes minutes on a CPU). ``steps`` replaces
     the configurations' 100 training steps (the quick smoke test uses fewer). The grid
     method is timed at each of ``precisions`` (None: gmmssl's own,
     :func:`gmmssl.backend.matmul_precision`; else a ``jax.default_matmul_precision`` value),
-    each row naming the precision it ran at."""
+    each row naming the precision it ran at, and at each of ``implementations`` of the
+    contrastive loss (``TrainConfig.implementation``; None: the backend's default), each
+    row naming the code path it took."""
     rows = []
     if max_cells is None and cpu_measures():
         max_cells = CPU_MAX_CHUNK  # as the sweep engine does
@@ -122,12 +126,14 @@ def run(configs=("pancakes", "delta"), sizes=(1, 16, 256, 4096), loop_sizes=(1, 
         if steps is not None:
             cfg = dataclasses.replace(cfg, steps=steps, log_every=steps)
         for g in sizes:
-            for precision in precisions:
+            for precision, impl in itertools.product(precisions, implementations):
                 with jax.default_matmul_precision(precision or matmul_precision()):
-                    t = _grid_timed(gmm, cfg, g, repeats if g <= 256 else 1, budget_bytes, max_cells)
+                    t = _grid_timed(gmm, dataclasses.replace(cfg, implementation=impl), g,
+                                    repeats if g <= 256 else 1, budget_bytes, max_cells)
                     used = matmul_precision()
-                rows.append({"config": name, "method": "grid", "precision": used, "G": g, **t,
-                             "model_steps_per_s": g * cfg.steps / t["median_s"], "peak_rss_mb": peak_rss_mb()})
+                path = contrastive_implementation(impl, cfg.r, small_rank=SMALL_RANK)
+                rows.append({"config": name, "method": "grid", "precision": used, "implementation": path, "G": g,
+                             **t, "model_steps_per_s": g * cfg.steps / t["median_s"], "peak_rss_mb": peak_rss_mb()})
             with jax.default_matmul_precision(matmul_precision()):  # the grid's own precision, side by side
                 t = _grid_timed(gmm, cfg, g, repeats if g <= 256 else 1, budget_bytes, max_cells, handwritten=True)
             hand = g * cfg.steps / t["median_s"]

@@ -45,6 +45,8 @@ DEFAULTS = {
     "batch_size": 256,
     "num_eval": 2000,
 }
+# --set scale=paper: the paper gives no grid sizes, so larger ones (more seeds, finer grids, longer training)
+PRESETS = {"paper": {"private_separation": (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0), "delta": (0.25, 0.5, 0.75, 1.0), "seeds": 10, "steps": 1000}}
 
 
 def _mixture(config, cell):
@@ -183,4 +185,4 @@ def report(run):
 
 EXPERIMENT = Experiment(
     name="clip", description="CLIP on two modalities: the shared Fisher subspace, private structure filtered.",
-    defaults=DEFAULTS, build=build, claims=claims, figures=figures, report=report)
+    defaults=DEFAULTS, build=build, claims=claims, figures=figures, report=report, presets=PRESETS)

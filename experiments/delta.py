@@ -36,6 +36,8 @@ DEFAULTS = {
     "batch_size": (128, 512),
     "steps": 600,
 }
+# --set scale=paper: the paper gives no grid sizes, so larger ones (more seeds, finer grids, longer training)
+PRESETS = {"paper": {"delta": tuple(round(0.05 * i, 2) for i in range(21)), "seeds": 16, "steps": 1000}}
 
 
 def claims(run):
@@ -99,5 +101,6 @@ def _deficit_figure(run, out_dir):
 
 
 _BASE = comparison("delta", "Capture, efficiency and ARI against δ on random mixtures; the noisy-augmentation "
-                   "conjecture at many δ.", DEFAULTS, claims, x="delta")
+                   "conjecture at many δ.", DEFAULTS, claims, x="delta",
+                   presets=PRESETS)
 EXPERIMENT = dataclasses.replace(_BASE, figures=lambda run, out: _BASE.figures(run, out) + _deficit_figure(run, out))

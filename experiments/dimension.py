@@ -21,6 +21,8 @@ DEFAULTS = {
     "batch_size": 256,
     "num_baseline": 4000,
 }
+# --set scale=paper: the paper gives no grid sizes, so larger ones (more seeds, finer grids, longer training)
+PRESETS = {"paper": {"d": (8, 16, 32, 64, 128, 256, 512), "delta": (0.25, 0.5, 0.75, 1.0), "seeds": 8, "steps": 1000}}
 
 
 def claims(run):
@@ -39,4 +41,5 @@ def claims(run):
     return out
 
 
-EXPERIMENT = comparison("dimension", "The comparison against the dimension d from 8 to 512.", DEFAULTS, claims, x="d")
+EXPERIMENT = comparison("dimension", "The comparison against the dimension d from 8 to 512.", DEFAULTS, claims, x="d",
+                        presets=PRESETS)

@@ -24,6 +24,8 @@ DEFAULTS = {
     "seeds": 4,
     "steps": 600,
 }
+# --set scale=paper: the paper gives no grid sizes, so larger ones (more seeds, finer grids, longer training)
+PRESETS = {"paper": {"delta": (0.5, 1.0), "seeds": 10, "steps": 1000}}
 
 
 def claims(run):
@@ -45,4 +47,4 @@ def claims(run):
 
 
 EXPERIMENT = comparison("rank", "The embedding dimension r from 1 to K + 2: which part of S_F is kept.",
-                        DEFAULTS, claims, x="r")
+                        DEFAULTS, claims, x="r", presets=PRESETS)

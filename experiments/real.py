@@ -39,6 +39,8 @@ DEFAULTS = {
     "batch_size": 256,
     "train_fraction": 0.7,
 }
+# --set scale=paper: the paper gives no grid sizes, so larger ones (more seeds, finer grids, longer training)
+PRESETS = {"paper": {"delta": tuple(round(0.1 * i, 1) for i in range(11)), "seeds": 10, "steps": 1000}}
 
 
 def _data(config):
@@ -125,4 +127,4 @@ def report(run):
 EXPERIMENT = Experiment(name="real", description="Real data (scikit-learn digits, or your own features): InfoNCE "
                         "with AeD(δ) from the true classes against LDA and PCA.",
                         defaults=DEFAULTS, build=build, claims=claims, figures=figures, report=report,
-                        inputs=("features",))
+                        inputs=("features",), presets=PRESETS)

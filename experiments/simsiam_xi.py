@@ -55,6 +55,8 @@ DEFAULTS = {
     "num_baseline": 1000,
     "num_eval": 1000,
 }
+# --set scale=paper: the paper gives no grid sizes, so larger ones (more seeds, finer grids, longer training)
+PRESETS = {"paper": {"xi": (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 2.5, 3.0), "delta": (0.1, 0.25, 0.5, 0.75, 1.0), "seeds": 6}}
 SURVIVE = 0.05
 
 
@@ -161,4 +163,4 @@ EXPERIMENT = Experiment(
     name="simsiam_xi",
     description="SimSiam's phase diagram over ξ × δ: collapse, the Fisher window, noise; norms against prediction.",
     defaults=DEFAULTS, build=build, claims=claims, figures=figures, report=report,
-    static_keys=STATIC_KEYS + ("predictor",))
+    static_keys=STATIC_KEYS + ("predictor",), presets=PRESETS)

@@ -31,6 +31,8 @@ DEFAULTS = {
     "seeds": 4,
     "steps": 600,
 }
+# --set scale=paper: the paper gives no grid sizes, so larger ones (more seeds, finer grids, longer training)
+PRESETS = {"paper": {"condition_number": (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0), "delta": (0.25, 0.5, 1.0), "seeds": 10, "steps": 1000}}
 
 
 def claims(run):
@@ -51,4 +53,4 @@ def claims(run):
 
 
 EXPERIMENT = comparison("variance", "The comparison against the anisotropy of Σ (condition number 1 to 10⁴).",
-                        DEFAULTS, claims, x="condition_number")
+                        DEFAULTS, claims, x="condition_number", presets=PRESETS)

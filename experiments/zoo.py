@@ -62,6 +62,8 @@ DEFAULTS = {
     "num_baseline": 1000,
     "num_eval": 1000,
 }
+# --set scale=paper: the paper gives no grid sizes, so larger ones (more seeds, finer grids, longer training)
+PRESETS = {"paper": {"delta": (0.0, 0.25, 0.5, 0.75, 1.0), "seeds": 8, "d": 16, "steps": 800}}
 
 
 def _by_family(run):
@@ -134,5 +136,6 @@ def figure(run, out_dir):
 
 
 EXPERIMENT = dataclasses.replace(
-    comparison("zoo", "The loss zoo: which self-supervised objectives learn the Fisher subspace.", DEFAULTS, claims),
+    comparison("zoo", "The loss zoo: which self-supervised objectives learn the Fisher subspace.", DEFAULTS, claims,
+               presets=PRESETS),
     figures=figure, report=report)

@@ -149,13 +149,23 @@ def test_population_loss_refuses_a_heteroscedastic_mixture():
 
 
 def test_scale_presets_resolve_and_bad_scale_is_refused():
-    for name in ("conjecture", "nonlinear", "heteroscedastic"):
-        exp = experiments.get(name)
+    """Every experiment has --set scale=paper (gmmssl run all --set scale=paper), a larger
+    grid than its default, whose config validates."""
+    from gmmssl.experiment import validate_experiment
+
+    def size(config):  # the grid's size from the config: every listed value, and the seeds
+        listed = [len(v) for v in config.values() if isinstance(v, tuple)]
+        return int(np.prod(listed)) * config.get("seeds", config.get("mixtures", 1))
+
+    for name, exp in experiments.REGISTRY.items():
         paper = resolve_config(exp, {"scale": "paper"})
         assert paper["scale"] == "paper"
         assert resolve_config(exp, {})["scale"] == "default"
         with pytest.raises(ValueError, match="scale"):
             resolve_config(exp, {"scale": "huge"})
+        assert size(paper) > size(resolve_config(exp, {})), name
+        if name not in ("dimension", "conjecture", "real"):  # the slowest to build (d = 512, float64 draws, data)
+            validate_experiment(exp, {"scale": "paper"})
     conj = resolve_config(experiments.get("conjecture"), {"scale": "paper"})
     static = ("d", "num_components", "mode", "centered", "extra_rank")
     assert conj["mixtures"] * int(np.prod([len(conj[k]) for k in static])) >= 1000
