@@ -10,17 +10,16 @@ stopped answering (``--coordinator``; see :mod:`gmmssl.distributed`); 130 interr
 ends normally exits with the same status.
 
 Signals are handled from the first millisecond (``import gmmssl`` loads nothing heavy): a
-signal that arrives while Python runs a garbage-collector callback or a finalizer, where
-an exception would be printed and dropped, is delivered again just after it, and a
-signal that was still lost stops the run at the next chunk, never letting it end with
-status 0.
+signal that arrives while Python runs a garbage-collector callback, a weakref callback or
+a finalizer, where an exception is printed and dropped, is delivered again just after it
+(``sys.unraisablehook``), and a signal that was still lost stops the run at the next
+chunk, never letting it end with status 0.
 A closed standard output (``gmmssl run ... | head``) stops the printing, not the run."""
 from __future__ import annotations
 
 import _thread
 import argparse
 import contextlib
-import gc
 import io
 import json
 import math
@@ -36,31 +35,27 @@ _deferred: list[bool] = []  # non-empty: a signal is only recorded (during impor
 _in_flight: list[bool] = []  # a run stopped while a computation still ran (gmmssl.sweep.GridTooLarge)
 
 
-def _in_finalizer(frame) -> bool:
-    """Whether ``frame`` runs inside a garbage-collector callback or a ``__del__``, where a
-    raised exception is printed ("Exception ignored in ...") and dropped."""
-    callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
-    while frame is not None:
-        if frame.f_code in callbacks or frame.f_code.co_name == "__del__":
-            return True
-        frame = frame.f_back
-    return False
-
-
 def _on_signal(signum, frame):
-    if not _received or _received[-1] != -signum:  # -signum: a re-delivery, below
+    if signum not in _received:
         _received.append(signum)
     if _deferred:
         return
-    if _in_finalizer(frame):  # raised here it would be dropped: delivered again in 10 ms
-        _received.append(-signum)
-        timer = threading.Timer(0.01, _thread.interrupt_main, (signum,))
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _unraisable(unraisable) -> None:
+    """sys.unraisablehook: a KeyboardInterrupt of :func:`_on_signal` raised where Python
+    cannot propagate it (a garbage-collector callback, a weakref callback, a ``__del__``)
+    is not printed and dropped but delivered again, 10 ms later, outside it."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) and _signalled() is not None:
+        timer = threading.Timer(0.01, _thread.interrupt_main, (_signalled(),))
         timer.daemon = True
         timer.start()
         return
-    while _received and _received[-1] < 0:
-        _received.pop()
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    _previous_unraisable_hook(unraisable)
+
+
+_previous_unraisable_hook = sys.unraisablehook
 
 
 def install_signal_handlers() -> None:
@@ -70,6 +65,7 @@ def install_signal_handlers() -> None:
     if threading.current_thread() is threading.main_thread():
         for sig in _HANDLED:
             signal.signal(sig, _on_signal)
+        sys.unraisablehook = _unraisable
 
 
 def _import_heavy() -> None:

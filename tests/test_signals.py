@@ -18,12 +18,33 @@ from gmmssl import cli
 def handlers():
     """gmmssl's handlers installed, the previous ones (pytest's) restored after."""
     saved = {sig: signal.getsignal(sig) for sig in cli._HANDLED}
+    hook = sys.unraisablehook
     del cli._received[:]
     cli.install_signal_handlers()
     yield
     for sig, handler in saved.items():
         signal.signal(sig, handler)
+    sys.unraisablehook = hook
     del cli._received[:]
+
+
+def test_a_signal_during_a_weakref_callback_is_delivered_just_after_it(handlers, capsys):
+    """Raised inside a weakref callback (the audit's SIGTERM in WeakKeyDictionary's), the
+    exception would be printed ("Exception ignored in ...") and dropped."""
+    import weakref
+
+    class Thing:
+        pass
+
+    def callback(ref):
+        signal.raise_signal(signal.SIGTERM)
+
+    thing = Thing()
+    ref = weakref.ref(thing, callback)  # noqa: F841 - kept alive so that its callback runs
+    with pytest.raises(KeyboardInterrupt):
+        del thing
+        time.sleep(2.0)
+    assert cli._signalled() == signal.SIGTERM and "Exception ignored" not in capsys.readouterr().err
 
 
 def test_a_signal_during_a_gc_callback_is_delivered_just_after_it(handlers):
