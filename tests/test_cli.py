@@ -46,7 +46,7 @@ def test_run_pancakes_writes_tidy_results(finished_tiny):
         (["run", "pancakes", "--set", "colour=red"], "unknown --set key 'colour'"),
         (["run", "pancakes", "--set", "delta=0.5,1.5"], "delta must be in [0.0, 1.0]"),
         (["run", "pancakes", "--set", "r=30"], "r must be in [1, 20]"),
-        (["run", "pancakes", "--set", "r=0"], "r must be in [1, 20]"),
+        (["run", "pancakes", "--set", "r=0"], "r must be in [1, inf], got 0"),  # where TrainConfig is made
         (["run", "pancakes", "--set", "num_components=1"], "num_components"),
         (["run", "pancakes", "--set", "steps=abc"], "expected an integer"),
         (["run", "pancakes", "--set", "learning_rate=-1"], "learning_rate must be in (0.0, inf)"),

@@ -79,9 +79,9 @@ def test_a_signal_that_could_not_interrupt_stops_the_run_at_the_next_chunk(handl
 def test_a_signal_while_the_command_starts_is_one_line(tmp_path, sig, delay):
     """While Python imports JAX and numpy (a C extension interrupted in its import used to
     print a traceback and fail with ImportError)."""
-    proc = subprocess.Popen([sys.executable, "-m", "gmmssl.cli", "run", "pancakes", "--out", str(tmp_path / "out"),
-                             "--set", "steps=20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    command = ["run", "pancakes", "--out", str(tmp_path / "out"), "--set", "steps=20", "--set", "log_every=10"]
+    proc = subprocess.Popen([sys.executable, "-m", "gmmssl.cli", *command], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     time.sleep(delay)
     proc.send_signal(sig)
     status = proc.wait(timeout=120)
