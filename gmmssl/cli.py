@@ -82,9 +82,8 @@ def _import_heavy() -> None:
 
 
 def _signalled() -> int | None:
-    """The first signal received (a positive number), or None."""
-    got = [s for s in _received if s > 0]
-    return got[0] if got else None
+    """The first signal received, or None."""
+    return _received[0] if _received else None
 
 
 def _say(text: str = "", *, to_err: bool = False) -> None:
@@ -197,6 +196,7 @@ def _stdout_silenced():
 def main(argv=None) -> int:
     """The command line; returns the exit status (see the module docstring)."""
     del _received[:], _in_flight[:]
+    previous = ({sig: signal.getsignal(sig) for sig in _HANDLED}, sys.unraisablehook)
     install_signal_handlers()
     args = None
     try:
@@ -209,6 +209,11 @@ def main(argv=None) -> int:
         if _signalled() is None:
             raise
         return _interrupted(args)  # what the signal broke (a C extension's import turns it into ImportError)
+    finally:  # a caller's own handlers back (a script or a test calling main)
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in previous[0].items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+            sys.unraisablehook = previous[1]
 
 
 def entry() -> None:
