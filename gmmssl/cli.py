@@ -232,6 +232,10 @@ def entry() -> None:
 def _main(args) -> int:
     import gmmssl.experiments as experiments
 
+    for flag in ("out", "results", "docs"):  # an empty value (an unset shell variable) is not the default folder
+        if getattr(args, flag, None) == "" or (getattr(args, flag, None) or "x").isspace():
+            return _error(f"--{flag} must name a folder, got {getattr(args, flag)!r}")
+
     if args.command == "list":
         for name, exp in experiments.REGISTRY.items():
             _say(f"{name:12s} {exp.description}")

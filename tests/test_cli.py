@@ -55,10 +55,12 @@ def test_run_pancakes_writes_tidy_results(finished_tiny):
         (["run", "pancakes", "--set", "loss=clip"], "loss 'clip' trains on a MultiModalGMM"),
         (["run", "pancakes", "--set", "loss=byol2"], "loss must be one of"),
         (["run", "pancakes", "--set", "loss=simsiam", "--set", "xi=-1"], "xi must be in"),
+        (["run", "pancakes", "--out", ""], "--out must name a folder, got ''"),  # was: results/pancakes
+        (["report", "--docs", " "], "--docs must name a folder"),
     ],
 )
 def test_bad_input_exits_with_a_clear_message(args, message, capsys, tmp_path):
-    assert main([*args, "--out", str(tmp_path / "x")] if args[0] == "run" else args) == 2
+    assert main([*args, "--out", str(tmp_path / "x")] if args[0] == "run" and "--out" not in args else args) == 2
     err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err
