@@ -55,7 +55,15 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="results/bench", help="folder for bench.json and bench.md")
     a = p.parse_args(argv)
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        print(f"python -m gmmssl.benchmarks: error: --out {out}: cannot write there "
+              f"({err.strerror or type(err).__name__}); nothing was run", file=sys.stderr)
+        return 2
     report = {"environment": common.environment(), "quick": a.quick}
     md = [f"# gmmssl benchmarks\n\n{json.dumps(report['environment'])}\n"]
     if a.what in ("kernels", "all", "device"):

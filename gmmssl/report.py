@@ -55,7 +55,9 @@ def check_run(experiment, out_dir) -> tuple[dict, dict, list[dict]]:
     """(config.json, verdict.json, the rows of results.csv) of the finished run in
     ``out_dir``, read for ``experiment``; a ValueError naming the file and what is wrong
     when it is not finished (:func:`finished_problem`), holds another experiment, lacks
-    what the report reads (an older layout), or results.csv is not the file the run wrote
+    what the report reads (an older layout), config.json no longer gives the run digest it
+    records (an edited config: the report would state a command that did not run), or
+    results.csv is not the file the run wrote
     (its row count or sha256 differs from verdict.json's, or verdict.json has no digest)."""
     out_dir = Path(out_dir)
     problem = finished_problem(out_dir)
@@ -76,6 +78,12 @@ def check_run(experiment, out_dir) -> tuple[dict, dict, list[dict]]:
         raise ValueError(f"{out_dir} holds a run of experiment {meta['experiment']!r} (its config.json), "
                          f"not {experiment.name!r}: a folder results/NAME must hold a run of NAME; move it, or replace "
                          f"it (gmmssl run {experiment.name} --out {out_dir} --overwrite)")
+    from gmmssl.experiment import run_digest
+
+    if run_digest(meta["experiment"], meta["config"], meta.get("numerics", {}), meta.get("inputs")) != meta["run"]:
+        raise ValueError(f"{out_dir / 'config.json'}: its config, numerics or inputs no longer give the run digest it "
+                         f"records: the file was edited after the run (or written by an older gmmssl): rerun the "
+                         f"experiment or restore the file")
     if "results_sha256" not in verdict:
         raise ValueError(f"{out_dir / 'verdict.json'}: records no digest of results.csv (written by an older "
                          f"gmmssl), so the rows beside it cannot be verified: rerun the experiment to report it")

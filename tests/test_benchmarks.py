@@ -66,3 +66,11 @@ def test_grid_benchmark_chunks_within_a_memory_budget():
     cell = sweeps.estimate_cell_bytes(gmm.dim, cfg.r, cfg.batch_size)
     row = sweeps._grid_timed(gmm, cfg, 5, repeats=1, budget_bytes=2 * cell)
     assert row["chunk_size"] == 2 and row["num_chunks"] == 3 and row["median_s"] > 0
+
+
+def test_bench_out_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("mine")
+    assert main(["bench", "kernels", "--quick", "--out", str(tmp_path / "a-file")]) == 2  # was: FileExistsError
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write there" in err and "nothing was run" in err
+    assert (tmp_path / "a-file").read_text() == "mine"

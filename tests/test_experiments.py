@@ -143,6 +143,7 @@ def test_report_is_generated_from_the_results(runs, tmp_path):
 def test_open_questions_report_the_paper_scale_runs_when_there_are_any(runs, tmp_path, monkeypatch):
     import shutil
 
+    from gmmssl.experiment import run_digest
     from gmmssl.report import write_open_questions
 
     root, out = runs
@@ -159,7 +160,11 @@ def test_open_questions_report_the_paper_scale_runs_when_there_are_any(runs, tmp
         shutil.copytree(root / "heteroscedastic", paper)
         meta = json.loads((paper / "config.json").read_text())
         meta["config"]["scale"] = "paper"
+        # as if run so: the run digest that config gives, in both files (an edited config is refused)
+        meta["run"] = run_digest(meta["experiment"], meta["config"], meta["numerics"], meta.get("inputs"))
         (paper / "config.json").write_text(json.dumps(meta))
+        verdict = json.loads((paper / "verdict.json").read_text())
+        (paper / "verdict.json").write_text(json.dumps({**verdict, "run": meta["run"]}))
     try:
         text = write_open_questions(root, tmp_path / "docs", partial=True).read_text()
         section = text.split("## What does InfoNCE learn without a shared covariance?")[1]

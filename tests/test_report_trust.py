@@ -98,6 +98,17 @@ def test_report_refuses_results_edited_after_the_run(finished_tiny, tmp_path, ca
     assert not (tmp_path / "docs" / "RESULTS.md").exists()
 
 
+def test_report_refuses_a_config_edited_after_the_run(finished_tiny, tmp_path, capsys):
+    """config.json's steps changed (the run digest left alone): the report printed the
+    command with steps=999 beside numbers made with 100 (the re-audit's case)."""
+    root, folder = _results_under(finished_tiny, tmp_path, "pancakes")
+    _edit_json(folder / "config.json", lambda c: c["config"].update(steps=999))
+    assert _report(root, tmp_path / "docs", "--partial") == 2
+    err = _one_line(capsys)
+    assert str(folder / "config.json") in err and "edited after the run" in err, err
+    assert not (tmp_path / "docs" / "RESULTS.md").exists()
+
+
 def test_report_refuses_a_verdict_without_a_results_digest(finished_tiny, tmp_path, capsys):
     """An older verdict.json (no digest of results.csv) cannot vouch for the rows beside it."""
     root, folder = _results_under(finished_tiny, tmp_path, "pancakes")
