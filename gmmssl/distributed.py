@@ -49,9 +49,9 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-__all__ = ["agree", "agree_status", "allgather", "broadcast", "check_arguments", "detect_cluster", "exit_now",
-           "initialize", "is_leader", "log_path", "on_leader", "process_count", "process_index", "requested",
-           "run_supervised"]
+__all__ = ["agree", "agree_status", "allgather", "broadcast", "check_arguments", "consistent_programs",
+           "detect_cluster", "exit_now", "initialize", "is_leader", "log_path", "on_leader", "process_count",
+           "process_index", "requested", "run_supervised"]
 
 
 def process_count() -> int:
@@ -93,6 +93,41 @@ def detect_cluster() -> str | None:
     if len(hosts) > 1:
         return "tpu"
     return None
+
+
+SOURCE_PATH_REGEX = r".*[/\\]"
+"""What :func:`consistent_programs` removes from the source paths in compiled programs'
+metadata: every directory, so that a file keeps its base name only."""
+
+
+def consistent_programs() -> None:
+    """Makes every process of a distributed run compile the same programs, and compile
+    them itself; numbers do not change, only the programs' debug metadata and where they
+    come from:
+
+    * source paths in the programs' metadata keep their base names only (JAX's
+      ``jax_hlo_source_file_canonicalization_regex``, set to :data:`SOURCE_PATH_REGEX`
+      unless the user set one);
+    * JAX's persistent compilation cache is off in this process.
+
+    Why: with jaxlib 0.12, a collective across processes waits for ever (gloo's
+    30-minute timeout) when the program's source metadata differs from what the process
+    itself lowers: two processes whose code lies at different paths (two checkouts or
+    virtual environments, hosts that install gmmssl in different folders), or a program
+    taken from a compilation cache written by a checkout elsewhere (the cache's key
+    leaves that metadata out, so the stale program is taken). Both were measured on
+    2026-12-07, with jaxlib 0.12.1 on the CPU (gloo); jaxlib 0.10.2 did not wait.
+    :func:`initialize`, every collective of this module and a sweep over several processes
+    call it before they compile."""
+    if jax.config.jax_hlo_source_file_canonicalization_regex is None:
+        jax.config.update("jax_hlo_source_file_canonicalization_regex", SOURCE_PATH_REGEX)
+    if jax.config.jax_enable_compilation_cache:
+        jax.config.update("jax_enable_compilation_cache", False)
+        from jax._src import compilation_cache
+
+        reset = getattr(compilation_cache, "reset_cache", None)  # JAX decides once per process whether to use it
+        if reset is not None:
+            reset()
 
 
 def _check_coordinator(address: str) -> str:
@@ -170,6 +205,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         return jax.process_count() > 1  # already joined (by the caller, or an earlier call)
     if coordinator is None and detect_cluster() is None:
         return False  # one process: nothing to start
+    consistent_programs()  # before anything is compiled (see there)
     if coordinator is None or coordinator == "auto":  # JAX reads what is not given from the cluster
         jax.distributed.initialize(None, num_processes, process_id, **kwargs)
     else:
@@ -182,6 +218,8 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
 
 def _broadcast_bytes(data: bytes) -> bytes:
     from jax.experimental import multihost_utils
+
+    consistent_programs()  # also where the caller joined with jax.distributed.initialize
 
     n = int(multihost_utils.broadcast_one_to_all(np.asarray(len(data), np.int32)))
     size = 1 << max(n - 1, 0).bit_length()  # padded to a power of two: few distinct programs
@@ -227,11 +265,14 @@ def agree_status(status: int) -> int:
         return status
     from jax.experimental import multihost_utils
 
+    consistent_programs()
     return int(np.max(multihost_utils.process_allgather(np.asarray([status], np.int32))))
 
 
 def _allgather_bytes(data: bytes) -> list[bytes]:
     from jax.experimental import multihost_utils
+
+    consistent_programs()
 
     sizes = np.asarray(multihost_utils.process_allgather(np.asarray([len(data)], np.int32))).reshape(-1)
     size = 1 << max(int(sizes.max()) - 1, 0).bit_length()  # padded to a power of two: few distinct programs

@@ -676,6 +676,8 @@ def run_grid(spec: Sweep, *, out_dir=None, resume: bool = False, overwrite: bool
     if out is not None:
         plan.manifest.update(chunk_size=chunk, cells_per_device=chunk // plan.num_devices, chunks=dict(trusted))
         distributed.on_leader(lambda: _write_manifest(out, plan.manifest))
+    if jax.process_count() > 1:  # every process compiles the same programs (see there)
+        distributed.consistent_programs()
     programs = _programs(spec, plan.mesh)
     num_chunks = math.ceil(plan.size / chunk)
     pieces, names = [], set()

@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -49,6 +50,30 @@ def _worker(proc, timeout=30.0):
             return int(children[0])
         time.sleep(0.05)
     return None
+
+
+def _wait_for_line(procs, text, timeout=240.0) -> None:
+    """Reads process 0's standard output until a line holds ``text``; a run that has not
+    printed it within ``timeout`` seconds (a hung collective waits 30 minutes) is killed,
+    every process, and the test fails at once."""
+    found = threading.Event()
+
+    def read():
+        for line in procs[0].stdout:
+            if text in line:
+                found.set()
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if found.is_set():
+        return
+    hung = reader.is_alive()
+    for p in procs:  # a supervisor killed takes its worker with it (gmmssl.distributed.run_supervised)
+        p.kill()
+    pytest.fail(f"process 0 did not print {text!r} within {timeout:g} s" if hung else
+                f"process 0 ended without printing {text!r}: {procs[0].wait()} {procs[0].stderr.read()[-2000:]}")
 
 
 def _alive(pid) -> bool:
@@ -128,13 +153,9 @@ def test_two_processes_leader_killed_midway_then_resumed_give_the_single_process
     procs = _launch(args, tmp_path)
     worker = _worker(procs[0])
     assert worker is not None, "no worker process under process 0 (gmmssl.distributed.run_supervised)"
-    for line in procs[0].stdout:
-        if "chunk 1/3" in line:
-            procs[0].send_signal(signal.SIGKILL)
-            killed = time.time()
-            break
-    else:
-        pytest.fail(f"process 0 never reported a chunk: {procs[0].wait()} {procs[0].stderr.read()[-2000:]}")
+    _wait_for_line(procs, "chunk 1/3")
+    procs[0].send_signal(signal.SIGKILL)
+    killed = time.time()
     status = procs[1].wait(timeout=60)
     waited = time.time() - killed
     procs[0].wait()
@@ -174,12 +195,8 @@ def test_sigterm_to_the_leader_stops_every_process_in_one_line(tmp_path):
     args = ["run", "pancakes", "--out", str(out), *TINY, "--set", "seeds=4", "--chunk-size", "4",
             "--heartbeat-timeout", "20"]
     procs = _launch(args, tmp_path)
-    for line in procs[0].stdout:
-        if "chunk 1/3" in line:
-            procs[0].send_signal(signal.SIGTERM)
-            break
-    else:
-        pytest.fail(f"process 0 never reported a chunk: {procs[0].wait()} {procs[0].stderr.read()[-2000:]}")
+    _wait_for_line(procs, "chunk 1/3")
+    procs[0].send_signal(signal.SIGTERM)
     (s0, _, err0), (s1, _, err1) = _finish(procs, timeout=120)
     assert s0 == 128 + signal.SIGTERM and _one_line(err0).startswith("gmmssl: stopped by SIGTERM;"), (s0, err0)
     assert s1 == 3 and _one_line(err1).startswith("gmmssl: error: process 1 of 2"), (s1, err1)
@@ -228,6 +245,67 @@ def test_processes_started_differently_not_started_or_stopped_end_in_one_line(tm
     assert status == 2 and "could not join" in line and "--connect-timeout" in line, line
     assert not (tmp_path / "alone").exists()
     assert time.time() - start < 60
+
+
+_PAIR_SCRIPT = """
+import sys
+
+import numpy as np
+
+mode, coordinator, pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if mode == "jax":  # JAX's own calls, as a program without gmmssl makes them
+    import jax
+    from jax.experimental import multihost_utils
+
+    jax.distributed.initialize(coordinator, 2, pid, initialization_timeout=60)
+    print(int(multihost_utils.broadcast_one_to_all(np.asarray(7 if pid == 0 else 0, np.int32))), flush=True)
+else:
+    from gmmssl import distributed
+
+    distributed.initialize(coordinator, 2, pid, initialization_timeout_s=60)
+    print(distributed.broadcast(7 if distributed.is_leader() else 0), *distributed.allgather(pid), flush=True)
+"""
+
+
+def _pair(tmp_path, mode, folders, cache):
+    """The script above run as processes 0 and 1 from ``folders`` (its copies there), with
+    ``cache`` as JAX's persistent compilation cache; the words of each one's last line.
+    Killed after 90 s: a hung collective would wait 30 minutes."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(cache),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+           "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"}
+    env.pop("JAX_HLO_SOURCE_FILE_CANONICALIZATION_REGEX", None)
+    port = _free_port()
+    procs = []
+    for pid, folder in enumerate(folders):
+        script = tmp_path / folder / "pair.py"
+        script.parent.mkdir(exist_ok=True)
+        script.write_text(_PAIR_SCRIPT)
+        procs.append(subprocess.Popen([sys.executable, str(script), mode, f"127.0.0.1:{port}", str(pid)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    try:
+        done = [p.communicate(timeout=90) for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail(f"{mode} from {folders}: the processes' first collective did not finish within 90 s")
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in done]
+    return [o.strip().splitlines()[-1].split() for o, _ in done]  # the last: gloo prints its own lines
+
+
+def test_processes_whose_code_lies_at_different_paths_or_comes_from_a_stale_cache_agree(tmp_path):
+    """With jaxlib 0.12, a collective across processes waited 30 minutes when the
+    program's source metadata differed from what the process lowered: code at two paths
+    (two checkouts, or hosts that install gmmssl in different folders), or a program from a
+    compilation cache written by code elsewhere. CI hung this way. gmmssl.distributed
+    makes the programs path-independent and compiles them in each process
+    (consistent_programs); jaxlib 0.10 never waited."""
+    cache = tmp_path / "cache"
+    # JAX's own calls from a/: the cache now holds the scalar broadcast, with a/'s paths
+    assert _pair(tmp_path, "jax", ["a", "a"], cache) == [["7"], ["7"]]
+    # gmmssl's broadcast and gather from b/ (that cache's key leaves the paths out), then from two folders
+    assert _pair(tmp_path, "gmmssl", ["b", "b"], cache) == [["7", "0", "1"]] * 2
+    assert _pair(tmp_path, "gmmssl", ["b", "c"], tmp_path / "empty") == [["7", "0", "1"]] * 2
 
 
 @pytest.mark.parametrize("log, cause", [
