@@ -258,18 +258,18 @@ if mode == "jax":  # JAX's own calls, as a program without gmmssl makes them
     from jax.experimental import multihost_utils
 
     jax.distributed.initialize(coordinator, 2, pid, initialization_timeout=60)
-    print(int(multihost_utils.broadcast_one_to_all(np.asarray(7 if pid == 0 else 0, np.int32))), flush=True)
+    print("result", int(multihost_utils.broadcast_one_to_all(np.asarray(7 if pid == 0 else 0, np.int32))), flush=True)
 else:
     from gmmssl import distributed
 
     distributed.initialize(coordinator, 2, pid, initialization_timeout_s=60)
-    print(distributed.broadcast(7 if distributed.is_leader() else 0), *distributed.allgather(pid), flush=True)
+    print("result", distributed.broadcast(7 if distributed.is_leader() else 0), *distributed.allgather(pid), flush=True)
 """
 
 
 def _pair(tmp_path, mode, folders, cache):
     """The script above run as processes 0 and 1 from ``folders`` (its copies there), with
-    ``cache`` as JAX's persistent compilation cache; the words of each one's last line.
+    ``cache`` as JAX's persistent compilation cache; the words of each one's result lines.
     Killed after 90 s: a hung collective would wait 30 minutes."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(cache),
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
@@ -290,7 +290,8 @@ def _pair(tmp_path, mode, folders, cache):
             p.kill()
         pytest.fail(f"{mode} from {folders}: the processes' first collective did not finish within 90 s")
     assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in done]
-    return [o.strip().splitlines()[-1].split() for o, _ in done]  # the last: gloo prints its own lines
+    # gloo prints its own lines, before or after (its C++ output is flushed at exit)
+    return [[line.split()[1:] for line in o.splitlines() if line.startswith("result ")] for o, _ in done]
 
 
 def test_processes_whose_code_lies_at_different_paths_or_comes_from_a_stale_cache_agree(tmp_path):
@@ -302,10 +303,10 @@ def test_processes_whose_code_lies_at_different_paths_or_comes_from_a_stale_cach
     (consistent_programs); jaxlib 0.10 never waited."""
     cache = tmp_path / "cache"
     # JAX's own calls from a/: the cache now holds the scalar broadcast, with a/'s paths
-    assert _pair(tmp_path, "jax", ["a", "a"], cache) == [["7"], ["7"]]
+    assert _pair(tmp_path, "jax", ["a", "a"], cache) == [[["7"]]] * 2
     # gmmssl's broadcast and gather from b/ (that cache's key leaves the paths out), then from two folders
-    assert _pair(tmp_path, "gmmssl", ["b", "b"], cache) == [["7", "0", "1"]] * 2
-    assert _pair(tmp_path, "gmmssl", ["b", "c"], tmp_path / "empty") == [["7", "0", "1"]] * 2
+    assert _pair(tmp_path, "gmmssl", ["b", "b"], cache) == [[["7", "0", "1"]]] * 2
+    assert _pair(tmp_path, "gmmssl", ["b", "c"], tmp_path / "empty") == [[["7", "0", "1"]]] * 2
 
 
 @pytest.mark.parametrize("log, cause", [
