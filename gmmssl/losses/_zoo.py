@@ -77,7 +77,8 @@ def ntxent(z, z_pos, *, temperature=0.5, mask=None, reduction: str = "mean", imp
 
     Args:
       z, z_pos: (B, r) embeddings of the two views (B ≥ 2).
-      temperature: τ > 0 (SimCLR: 0.5; may be traced).
+      temperature: τ > 0 (may be traced). The default, 0.5, is gmmssl's; SimCLR's reference
+        code defaults to 0.1 (its ``temperature`` flag, google-research/simclr run.py).
       mask: None or (B,) booleans (dtype bool): padded pairs (False) are neither anchors
         nor negatives, selected out before any arithmetic: a NaN or inf in them reaches
         neither the value nor a gradient (theirs is exactly 0). A concrete mask keeping
