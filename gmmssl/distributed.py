@@ -121,11 +121,13 @@ def consistent_programs() -> None:
     call it before they compile."""
     if jax.config.jax_hlo_source_file_canonicalization_regex is None:
         jax.config.update("jax_hlo_source_file_canonicalization_regex", SOURCE_PATH_REGEX)
-    if jax.config.jax_enable_compilation_cache:
+    if getattr(jax.config, "jax_enable_compilation_cache", False):
         jax.config.update("jax_enable_compilation_cache", False)
-        from jax._src import compilation_cache
-
-        reset = getattr(compilation_cache, "reset_cache", None)  # JAX decides once per process whether to use it
+        try:  # JAX decides once per process whether to use the cache: forget that decision
+            from jax._src import compilation_cache
+        except ImportError:
+            return
+        reset = getattr(compilation_cache, "reset_cache", None)
         if reset is not None:
             reset()
 
