@@ -153,9 +153,23 @@ def groups(run: Run, x: str) -> list[tuple[str, list, list]]:
     return [(" ".join(f"{k}={v}" for k, v in zip(keys, key)), rows, parts) for key, (rows, parts) in out.items()]
 
 
+def split_groups(run: Run, x: str) -> list[tuple[str, list, list]]:
+    """:func:`groups`, each split further by δ when x is not δ and the grid holds several:
+    a table or curve over x then averages over seeds only, never over δ, whose captures
+    differ (the figure's title says "mean ± std over seeds")."""
+    out = []
+    for title, rows, parts in groups(run, x):
+        deltas = sorted({r["delta"] for r in rows}) if x != "delta" and rows and "delta" in rows[0] else []
+        if len(deltas) <= 1:
+            out.append((title, rows, parts))
+            continue
+        out += [(f"{title} δ={d:g}".strip(), [r for r in rows if r["delta"] == d], parts) for d in deltas]
+    return out
+
+
 def report(run: Run, x: str, metrics: tuple = ()) -> str:
     out = []
-    for title, rows, _ in groups(run, x):
+    for title, rows, _ in split_groups(run, x):
         tag = f"[{title}] " if title else ""
         out += [results.format_table(summary(rows, x, metrics), "method", x, m, title=f"{tag}{m} (mean±std over seeds)")
                 for m in ("fisher_capture", "fisher_efficiency", "ari", *metrics)]
@@ -175,7 +189,7 @@ LABELS = {"bayes_retained": "Bayes accuracy kept (0–1)", "sufficient_capture":
 def figure(run: Run, out_dir, x: str, name: str, scatter: bool = False, metrics: tuple = ()):
     panels = [("fisher_capture", "Fisher capture (0–1)"), ("fisher_efficiency", "Fisher efficiency (0–1)"),
               ("ari", "k-means ARI (0 = chance)")] + [(m, LABELS.get(m, m)) for m in metrics]
-    rows_of = groups(run, x)
+    rows_of = split_groups(run, x)
     ncols = len(panels) + (2 if scatter else 0)
     fig, axes = plots.plt.subplots(len(rows_of), ncols, figsize=(4.3 * ncols, 3.8 * len(rows_of)), squeeze=False)
     for ax_row, (title, rows, parts) in zip(axes, rows_of):

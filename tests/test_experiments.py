@@ -273,3 +273,19 @@ def test_nonlinear_saves_the_network_parameters(runs):
     _, folder = out["nonlinear"]
     keys = np.load(folder / "projectors.npz").files
     assert any("infonce/mlp/layers/0/kernel" in k for k in keys) and any(k.endswith("infonce/A") for k in keys)
+
+
+@pytest.mark.xdist_group("experiment-dimension")
+@pytest.mark.slow
+def test_tables_and_figures_over_d_never_average_over_delta(runs):
+    """The dimension grid holds δ = 0.5 and 1: each table and figure row over d is one δ's
+    (issue 28: one curve pooled both under a title that says "over seeds")."""
+    from gmmssl.experiments._compare import split_groups
+
+    _, out = runs
+    run, _ = out["dimension"]
+    split = split_groups(run, "d")
+    assert [title for title, _, _ in split] == ["δ=0.5", "δ=1"]
+    assert [{r["delta"] for r in rows} for _, rows, _ in split] == [{0.5}, {1.0}]
+    text = experiments.get("dimension").report(run)
+    assert "[δ=0.5] fisher_capture" in text and "[δ=1] fisher_capture" in text
