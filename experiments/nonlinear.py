@@ -16,9 +16,10 @@ is invariant to linear changes of x, as S_F is. The Euclidean share, which depen
 x happens to be scaled, is reported beside it ("jacobian_fisher_euclidean") but not judged.
 
 What that fraction is without training is not m/d (0.125 here): in whitened coordinates it
-depends on Σ_T. Measured on 2026-12-07 with the default mixtures (δ = 1, 4 seeds, per
-loss and depth): the untrained network ("init") 0.005–0.09 on pancakes and 0.35–0.80 on
-random mixtures, and PCA's projection 0.0001 on pancakes but 0.92–0.96 on random mixtures.
+depends on Σ_T. Measured on 2026-12-07 with the default mixtures (δ = 1, 4 seeds, range
+over the cells of both losses and depths): the untrained network ("init") 0.005–0.09 on
+pancakes and 0.35–0.80 on random mixtures, and PCA's projection at most 0.0004 on
+pancakes but 0.92–0.96 on random mixtures.
 So on random mixtures the 0.9 bar below alone does not separate a learned representation
 from PCA's; read it beside the "pca" and "init" rows (issue 28 asks for claims relative to
 them).

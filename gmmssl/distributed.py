@@ -116,9 +116,12 @@ def consistent_programs() -> None:
     virtual environments, hosts that install gmmssl in different folders), or a program
     taken from a compilation cache written by a checkout elsewhere (the cache's key
     leaves that metadata out, so the stale program is taken). Both were measured on
-    2026-12-07, with jaxlib 0.12.1 on the CPU (gloo); jaxlib 0.10.2 did not wait.
-    :func:`initialize`, every collective of this module and a sweep over several processes
-    call it before they compile."""
+    2026-12-07, with jaxlib 0.12.1 on the CPU (gloo); jaxlib 0.10.2 did not wait. Applied on
+    every backend: whether GPU (NCCL) or TPU collectives wait the same way is unmeasured,
+    and the cost is only recompiling gmmssl's programs in each run (seconds).
+    :func:`initialize` (when it joins several processes), every collective of this module
+    and a sweep over several processes call it before they compile; a single process is
+    left as it is."""
     if jax.config.jax_hlo_source_file_canonicalization_regex is None:
         jax.config.update("jax_hlo_source_file_canonicalization_regex", SOURCE_PATH_REGEX)
     if getattr(jax.config, "jax_enable_compilation_cache", False):
@@ -207,12 +210,12 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         return jax.process_count() > 1  # already joined (by the caller, or an earlier call)
     if coordinator is None and detect_cluster() is None:
         return False  # one process: nothing to start
+    if coordinator not in (None, "auto") and int(num_processes) == 1:
+        return False  # one process: nothing to start, and nothing to change
     consistent_programs()  # before anything is compiled (see there)
     if coordinator is None or coordinator == "auto":  # JAX reads what is not given from the cluster
         jax.distributed.initialize(None, num_processes, process_id, **kwargs)
     else:
-        if int(num_processes) == 1:
-            return False
         jax.distributed.initialize(coordinator, int(num_processes), int(process_id), **kwargs)
     _report(f"joined {jax.process_index()} {jax.process_count()}")
     return jax.process_count() > 1

@@ -359,6 +359,12 @@ def test_one_process_functions_are_the_identity():
     with pytest.raises(ValueError, match="boom"):
         distributed.on_leader(lambda: (_ for _ in ()).throw(ValueError("boom")))
     assert distributed.agree_status(3) == 3
+    # one process changes none of JAX's settings (consistent_programs is for several)
+    import jax
+
+    before = (jax.config.jax_hlo_source_file_canonicalization_regex, jax.config.jax_enable_compilation_cache)
+    assert distributed.initialize("127.0.0.1:1234", 1, 0) is False and distributed.initialize() is False
+    assert (jax.config.jax_hlo_source_file_canonicalization_regex, jax.config.jax_enable_compilation_cache) == before
 
 
 @pytest.mark.parametrize("env, want", [
