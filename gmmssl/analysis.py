@@ -45,11 +45,20 @@ def certified_optimum_metrics(key, gmm: GMM, delta, r: int, mode: str = "prior",
     Returns a dict of scalars: "deficit" = 1 − capture(A*, S_F) (0: A* contains S_F);
     "max_angle_deg", the largest principal angle between col(A*) and S_F, in degrees;
     "sv_ratio" = σ_min(m)/σ_1 over A*'s first min(m, r) singular values, m = K − 1 (below
-    :data:`DROPPED_SV_RATIO`: a Fisher direction dropped; 0 when A* = 0); "rho_min", the
+    :data:`DROPPED_SV_RATIO`: a Fisher direction dropped; 0 when A* = 0);
+    "span_deficit" = 1 − capture(A*, Σ⁻¹span{μ_k}) and "span_sv_ratio" = σ_min(q, r)/σ_1,
+    q = dim Σ⁻¹span{μ_k} (K − 1 centered, K uncentered): for uncentered means at r ≥ K,
+    span_deficit 0 says A* spans all of Σ⁻¹span{μ_k}, S_F included (for centered means
+    the span is S_F and these equal deficit and sv_ratio); "means_sv_ratio", the smallest
+    over the largest singular value of the whitened centered means (the span argument's
+    premise that they span m dimensions); "jensen_gap" and "jensen_bound" of
+    :func:`gmmssl.exact.jensen_gap` at a random push off the span of size 0.3·‖A*‖ (the
+    argument holds at A* when gap ≥ bound); "rho_min", the
     smallest canonical correlation of the two views (:func:`gmmssl.fisher.canonical_correlations`);
-    "start_spread", the spread of the starts' final losses; and the certificate's own
+    "start_spread", the spread of the starts' final losses; and the check's own
     entries ("loss", "grad_norm", "hessian_min_eig", "hessian_max_eig", "perp_min_eig",
-    "certified", "starts_agree", "quad_error"). Also "projector": A* itself.
+    "certified" (second-order stationary, see :func:`gmmssl.exact.certificate`: not a
+    proof of a global minimum), "starts_agree", "quad_error"). Also "projector": A* itself.
 
     ``fisher_basis`` (d, m) defaults to :func:`gmmssl.fisher.fisher_subspace`. Traceable in
     ``gmm``, ``delta`` and ``temperature``; ``r``, ``mode``, ``centered``, ``starts`` and
@@ -61,11 +70,23 @@ def certified_optimum_metrics(key, gmm: GMM, delta, r: int, mode: str = "prior",
                         iterations=iterations)
     a, sv = out["projector"], out["sv"]
     angles = metrics.principal_angles(a, basis)
-    ratio = jnp.where(sv[0] > 1e-12, sv[min(k - 1, r) - 1] / jnp.maximum(sv[0], 1e-300), 0.0)
+
+    def ratio(n):
+        return jnp.where(sv[0] > 1e-12, sv[min(n, r) - 1] / jnp.maximum(sv[0], 1e-300), 0.0)
+
+    chol, u = exact.span_basis(gmm, centered)
+    span = jnp.linalg.qr(jax.scipy.linalg.solve_triangular(chol.T, u, lower=False))[0]  # orthonormal, (d, q)
+    wsv = jnp.linalg.svd(u[:, : k - 1].T @ jax.scipy.linalg.solve_triangular(chol, (gmm.means - gmm.weights @ gmm.means).T,
+                                                                            lower=True), compute_uv=False)
+    push = jax.random.normal(jax.random.fold_in(key, 7), a.shape, a.dtype)
+    push = push * 0.3 * jnp.maximum(jnp.linalg.norm(chol.T @ a), 0.1) / jnp.maximum(jnp.linalg.norm(chol.T @ push), 1e-300)
+    gap, bound = exact.jensen_gap(a, push, gmm, delta, mode, temperature, basis=(chol, u))
     names = ("loss", "grad_norm", "hessian_min_eig", "hessian_max_eig", "perp_min_eig", "certified", "starts_agree",
              "quad_error")
     return {"deficit": 1.0 - metrics.fisher_capture(a, basis), "max_angle_deg": jnp.degrees(angles[-1]),
-            "sv_ratio": ratio, **{n: out[n] for n in names},
+            "sv_ratio": ratio(k - 1), "span_deficit": 1.0 - metrics.fisher_capture(a, span),
+            "span_sv_ratio": ratio(span.shape[1]), "means_sv_ratio": wsv[-1] / wsv[0],
+            "jensen_gap": gap, "jensen_bound": bound, **{n: out[n] for n in names},
             "start_spread": jnp.max(out["start_losses"]) - jnp.min(out["start_losses"]),
             "rho_min": fisher.canonical_correlations(gmm, delta, mode)[k - 2], "projector": a}
 
