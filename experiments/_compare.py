@@ -227,6 +227,47 @@ def by_method_x(rows, x, extra: tuple = ()):
     return {(s["method"], s[x]): s for s in summary(rows, x, extra)}
 
 
+AXIS_NAMES = {"delta": "δ", "num_components": "K", "condition_number": "condition number", "heterogeneity": "h",
+              "xi": "ξ", "learning_rate": "learning rate", "thickness": "thickness"}
+
+
+def _values(values) -> str:
+    vals = sorted(set(values), key=lambda v: (v is None, v))
+    txt = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in vals)
+    return f"= {txt}" if len(vals) == 1 else f"∈ {{{txt}}}"
+
+
+def population(rows, methods, x: str, xs, *, config: dict | None = None, title: str = "") -> str:
+    """A claim's ``population``: the rows of ``methods`` (a name or a tuple) at the x values
+    ``xs`` that a :func:`by_method_x` mean pools. Names the methods, the x values, the
+    mixture, d and K (with ``config``), every other grid axis with several values among
+    them (the means pool those too; δ always), ``title`` (the static group), the number of
+    distinct seeds and of rows per method."""
+    methods = (methods,) if isinstance(methods, str) else tuple(methods)
+    xs = set(xs)
+    sel = [r for r in rows if r["method"] in methods and r.get(x) in xs]
+    desc = [" and ".join(methods), f"{AXIS_NAMES.get(x, x)} {_values(xs)}"]
+    if config is not None:
+        if config.get("mixture") == "both":
+            desc.append("mixture " + _values(FAMILIES[r["family"]] for r in sel if "family" in r).lstrip("= "))
+        elif "mixture" in config:
+            desc.append(f"mixture {config['mixture']}")
+        desc += [f"{AXIS_NAMES.get(k, k)} {_values(r.get(k, config[k]) for r in sel)}"
+                 for k in ("d", "num_components") if k != x and k in config and sel]
+    named_family = config is not None and config.get("mixture") == "both"  # named as the mixture above
+    grid_axes = HPARAM_AXES + tuple(dict.fromkeys(a for axes in MIXTURE_AXES.values() for a in axes))
+    for axis in (a for a in grid_axes if a != "family" or not named_family):
+        vals = {r[axis] for r in sel if axis in r}
+        if axis != x and (len(vals) > 1 or (axis == "delta" and vals)):
+            desc.append(f"{AXIS_NAMES.get(axis, axis)} {_values(vals)}")
+    if title:
+        desc.append(title)
+    counts = sorted({sum(r["method"] == m for r in sel) for m in methods})
+    each = " each" if len(methods) > 1 and len(counts) == 1 else ""
+    desc.append(f"{len({r.get('seed') for r in sel})} seeds, {'/'.join(map(str, counts))} runs{each}")
+    return ", ".join(desc)
+
+
 def comparison(name: str, description: str, defaults: dict, claims: Callable[[Run], list], *, x: str = "delta",
                scatter: bool = False, presets: dict | None = None, metrics: tuple = (),
                findings: Callable[[Run], str] | None = None) -> Experiment:

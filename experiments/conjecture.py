@@ -12,10 +12,11 @@ centering of the means and extra rank r − m (static axes):
   (:mod:`gmmssl.exact`: every expectation computed, Gauss–Hermite quadrature) minimized by
   saddle-free Newton in float64 from ``starts`` random starts, over the span Σ⁻¹span{μ_j}
   where every minimizer lies (the sign-flip / Jensen argument of :mod:`gmmssl.exact`,
-  tested numerically); each optimum certified (gradient, Hessian without the rotation
-  modes, curvature across the span). Then the finite-batch picture: sampled in-batch
+  tested numerically and re-checked at each optimum); each optimum checked for
+  second-order stationarity (gradient, Hessian without the rotation modes: a local
+  check, not a proof of a global minimum). Then the finite-batch picture: sampled in-batch
   InfoNCE at each B of ``finite_batch`` on ``finite_mixtures`` of the mixtures, compared
-  with the certified optimum.
+  with the exact optimum.
 * ``view=sgd``, *how fast does SGD get there*: ``infonce_population`` (analytic negatives,
   sampled pairs) trained with Adam in float64 to the end of a cosine decay; the deficit
   at 1/4, 1/2 and the end; the ``candidates`` largest deficits re-run ``rerun_factor``
@@ -23,14 +24,16 @@ centering of the means and extra rank r − m (static axes):
 
 κ = δ (mode "prior") or δ − (1−δ)/(K−1) (mode "other") is the factor in C⁺ = κ·S_B.
 
-Predictions, stated before running. Certified view: at least 95% of the optima are
-certified and reached from every start; for κ > ``min_kappa`` at least 99% have deficit
-1 − capture below 1e-8, for centered and for uncentered means; so do those with
-0 < κ ≤ min_kappa (centered); sampled in-batch InfoNCE at each B ends within 2° (median)
-of the certified optimum. SGD view: among the cells inside the premise the median deficit
-is below 1e-3 and the 95th percentile below 1e-2; the median ratio of final to half-way
-deficit is at most 0.5; re-running the largest deficits longer shrinks each of them
-(median ratio below 0.5), and the largest left is below 1e-2.
+Predictions. Certified view (split by centering and r − m since issue 28;
+:mod:`gmmssl.experiments.conjecture_certified` states them): at least 95% of the optima
+second-order stationary and reached from every start; the span argument's premise and
+inequality hold at 99%; for κ > ``min_kappa``, centered means drop no Fisher direction
+(99%), uncentered means at r = m tilt off S_F (95% with deficit above 1e-8, the
+first-order argument) and at r ≥ K span Σ⁻¹span{μ_k} (99%); sampled in-batch InfoNCE at
+each B ends within 2° (median) of the exact optimum. SGD view: among the cells inside the
+premise the median deficit is below 1e-3 and the 95th percentile below 1e-2; the median
+ratio of final to half-way deficit is at most 0.5; re-running the largest deficits longer
+shrinks each of them (median ratio below 0.5), and the largest left is below 1e-2.
 """
 from __future__ import annotations
 from __future__ import annotations
@@ -76,7 +79,8 @@ def findings(run: Run) -> str:
 
 EXPERIMENT = Experiment(
     name="conjecture", description="The noisy-augmentation conjecture (the paper's open question 2) on random "
-    "mixtures: where the exact InfoNCE objective's optimum is (certified optima, Gauss–Hermite quadrature, Newton in "
-    "float64), beside sampled in-batch InfoNCE; `--set view=sgd` for how fast Adam gets there.", defaults=DEFAULTS,
+    "mixtures: where the exact InfoNCE objective's optimum is (second-order stationary, all starts agreeing; "
+    "Gauss–Hermite quadrature, Newton in float64), by centering of the means and rank r, beside sampled in-batch "
+    "InfoNCE; `--set view=sgd` for how fast Adam gets there.", defaults=DEFAULTS,
     build=build, claims=claims, figures=figures, report=report, static_keys=STATIC_KEYS, presets=PRESETS,
     x64=True, followup=followup, findings=findings, notes=certified.ARGUMENT)

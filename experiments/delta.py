@@ -19,7 +19,7 @@ import dataclasses
 
 import numpy as np
 
-from gmmssl.experiments._compare import by_method_x, comparison, groups
+from gmmssl.experiments._compare import by_method_x, comparison, groups, population
 from gmmssl import plots, results
 
 DEFAULTS = {
@@ -42,23 +42,32 @@ PRESETS = {"paper": {"delta": tuple(round(0.05 * i, 2) for i in range(21)), "see
 
 def claims(run):
     out = []
-    final = {}
+    final, low_of = {}, {}
     for title, rows, parts in groups(run, "delta"):
         loss = parts[0].config["loss"]
         by = by_method_x(rows, "delta")
         high = [d for d in sorted({d for _, d in by}) if d >= 0.25]
+        config = parts[0].config
         out.append(results.claim(f"[{title}] {loss}: mean capture, worst δ ≥ 0.25",
-                                 min(by[(loss, d)]["fisher_capture_mean"] for d in high), ">=", 0.95))
+                                 min(by[(loss, d)]["fisher_capture_mean"] for d in high), ">=", 0.95,
+                                 quantity=f"smallest over δ of {loss}'s mean Fisher capture",
+                                 population=population(rows, loss, "delta", high, config=config, title=title), method=loss))
         out.append(results.claim(f"[{title}] {loss} minus PCA: mean capture, worst δ ≥ 0.25",
                                  min(by[(loss, d)]["fisher_capture_mean"] - by[("pca", d)]["fisher_capture_mean"]
-                                     for d in high), ">=", 0.0))
+                                     for d in high), ">=", 0.0,
+                                 quantity=f"smallest over δ of {loss}'s mean Fisher capture minus PCA's",
+                                 population=population(rows, (loss, "pca"), "delta", high, config=config,
+                                                       title=title), method=loss))
         low = [r for r in rows if r["method"] == loss and r["delta"] == 0.1]
         if low:
             end = 1.0 - np.mean([r["fisher_capture"] for r in low])
             quarter = 1.0 - np.mean([r["capture_at_quarter"] for r in low])
             final[title] = end
+            low_of[title] = population(rows, loss, "delta", (0.1,), config=config, title=title)
             out.append(results.claim(f"[{title}] {loss} at δ=0.1: final deficit / deficit at 1/4 of training",
-                                     end / max(quarter, 1e-12), "<=", 0.5))
+                                     end / max(quarter, 1e-12), "<=", 0.5,
+                                     quantity="mean final deficit 1 − capture over mean deficit at 1/4 of training",
+                                     population=low_of[title]))
     # the larger batch shrinks the final deficit at δ = 0.1
     for title, end in final.items():
         parts = dict(kv.split("=") for kv in title.split())
@@ -69,7 +78,10 @@ def claims(run):
                 if other in final:
                     out.append(results.claim(f"[{title.replace(f'batch_size={sizes[0]}', '').strip()}] δ=0.1 final "
                                              f"deficit, batch {sizes[-1]} / batch {sizes[0]}",
-                                             final[other] / max(end, 1e-12), "<=", 0.75))
+                                             final[other] / max(end, 1e-12), "<=", 0.75,
+                                             quantity=f"mean final deficit 1 − capture at batch {sizes[-1]} over "
+                                             f"that at batch {sizes[0]}",
+                                             population=f"{low_of[other]}; over {low_of[title]}"))
     return out
 
 

@@ -20,13 +20,14 @@ depends on Σ_T. Measured on 2026-12-07 with the default mixtures (δ = 1, 4 see
 over the cells of both losses and depths): the untrained network ("init") 0.005–0.09 on
 pancakes and 0.35–0.80 on random mixtures, and PCA's projection at most 0.0004 on
 pancakes but 0.92–0.96 on random mixtures.
-So on random mixtures the 0.9 bar below alone does not separate a learned representation
-from PCA's; read it beside the "pca" and "init" rows (issue 28 asks for claims relative to
-them).
+So on random mixtures an absolute bar such as 0.9 does not separate a learned
+representation from PCA's; the claim below is stated relative to the "pca" and "init" rows.
 
 Predictions, stated before running: for every depth and both losses the MLP's linear
 probe is within 0.02 of LDA's and its k-means ARI within 0.05 of LDA's (mean over cells
-with δ ≥ 0.5), and at least 0.9 of its Jacobian acts on the Fisher subspace.
+with δ ≥ 0.5). The Jacobian's share on S_F was first bounded absolutely (≥ 0.9); PCA
+passes that bar on random mixtures (0.93), so since issue 28 the share is stated relative
+to the better of PCA's and the untrained network's, b: (share − b)/(1 − b) ≥ 0.5.
 """
 from __future__ import annotations
 
@@ -160,20 +161,42 @@ def _summary(rows):
     return results.summarize(rows, ("method", "depth"), METRICS + ("probe_gap_to_bayes",))
 
 
+RELATIVE_SHARE = 0.5  # fixed before the runs of issue 28: the share closes at least half the gap above the baselines
+
+
+def relative_share(share: float, pca: float, init: float) -> float:
+    """(share − b)/(1 − b), b = max(PCA's share, the untrained network's): how much of the
+    way from the better baseline to a map acting on S_F only (1) the Jacobian has come
+    (≤ 0: no better than a baseline). NaN when b is 1."""
+    b = max(pca, init)
+    return (share - b) / (1.0 - b) if b < 1.0 else float("nan")
+
+
 def claims(run: Run) -> list:
     out = []
     for (loss, mix), rows in _groups(run).items():
         rows = [r for r in rows if r["delta"] >= 0.5]
         by = {(s["method"], s["depth"]): s for s in _summary(rows)}
+        seeds = run.config["seeds"]
         for depth in sorted({dp for _, dp in by}):
             tag = f"[{mix} {loss} depth={depth}]"
             ssl, lda = by[(loss, depth)], by[("lda", depth)]
+            pca, init = by[("pca", depth)]["jacobian_fisher_mean"], by[("init", depth)]["jacobian_fisher_mean"]
+            where = f"{mix}, depth {depth}, δ ≥ 0.5 ({ssl['n']} cells, {seeds} seeds each)"
             out.append(results.claim(f"{tag} linear probe minus LDA's (δ ≥ 0.5)",
-                                     ssl["probe_accuracy_mean"] - lda["probe_accuracy_mean"], ">=", -0.02))
+                                     ssl["probe_accuracy_mean"] - lda["probe_accuracy_mean"], ">=", -0.02,
+                                     quantity="mean linear-probe accuracy minus LDA's",
+                                     population=f"{loss} and LDA, {where}", method=loss))
             out.append(results.claim(f"{tag} k-means ARI minus LDA's (δ ≥ 0.5)",
-                                     ssl["ari_mean"] - lda["ari_mean"], ">=", -0.05))
-            out.append(results.claim(f"{tag} fraction of the Jacobian on the Fisher subspace (δ ≥ 0.5)",
-                                     ssl["jacobian_fisher_mean"], ">=", 0.9))
+                                     ssl["ari_mean"] - lda["ari_mean"], ">=", -0.05,
+                                     quantity="mean k-means ARI minus LDA's",
+                                     population=f"{loss} and LDA, {where}", method=loss))
+            out.append(results.claim(
+                f"{tag} Jacobian on the Fisher subspace beyond the baselines (δ ≥ 0.5): (share − b)/(1 − b), "
+                f"b = max(PCA's {pca:.3f}, the untrained network's {init:.3f})",
+                relative_share(ssl["jacobian_fisher_mean"], pca, init), ">=", RELATIVE_SHARE,
+                quantity="Jacobian share on S_F relative to the better baseline",
+                population=f"{loss}, PCA and init, {where}", method=loss))
     return out
 
 
@@ -228,8 +251,9 @@ def findings(run: Run) -> str:
             baselines.setdefault(mix, []).append(pca)
             close = ssl["probe_accuracy_mean"] >= lda["probe_accuracy_mean"] - 0.02
             (good if close else bad).append(f"{mix}/{loss}/depth {depth}")
-            if ssl["jacobian_fisher_mean"] < 0.9:
-                wide.append(f"{mix}/{loss}/depth {depth} ({ssl['jacobian_fisher_mean']:.2f})")
+            rel = relative_share(ssl["jacobian_fisher_mean"], pca, init)
+            if not rel >= RELATIVE_SHARE:
+                wide.append(f"{mix}/{loss}/depth {depth} (share {ssl['jacobian_fisher_mean']:.2f}, relative {rel:.2f})")
     out += ["", f"Linear probe within 0.02 of LDA's: {', '.join(good) or 'none'}; short of it: "
             f"{', '.join(bad) or 'none'}."]
     pca_share = "; ".join(f"on {mix} PCA's share is {min(v):.2f}–{max(v):.2f}" if max(v) - min(v) >= 0.005
@@ -239,9 +263,10 @@ def findings(run: Run) -> str:
                    f"\"init's\"): {pca_share} (where it is high, the share separates a Fisher-seeking map from a "
                    "variance-seeking one less).")
     if wide:
-        out.append("Less than 0.9 of the Jacobian acts on the Fisher subspace for " + ", ".join(wide) + ": there the "
-                   "representation keeps what a linear readout needs, but the network also responds to directions "
-                   "outside S_F, so it does not find the Fisher subspace in the linear theory's sense.")
+        out.append(f"The Jacobian's share closes less than {RELATIVE_SHARE:g} of the gap from the better baseline "
+                   "(PCA's or the untrained network's share) to 1 for " + ", ".join(wide) + ": there the network "
+                   "responds to directions outside S_F about as much as a baseline does, so it does not find the "
+                   "Fisher subspace in the linear theory's sense, whatever its linear readouts keep.")
     return "\n".join(out)
 
 

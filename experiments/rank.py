@@ -11,7 +11,7 @@ singular values would hide this on anisotropic data) is at most m + 0.5 in every
 """
 from __future__ import annotations
 
-from gmmssl.experiments._compare import by_method_x, comparison
+from gmmssl.experiments._compare import by_method_x, comparison, population
 from gmmssl import results
 
 DEFAULTS = {
@@ -38,11 +38,17 @@ def claims(run):
     for r in rs:
         s = by[(loss, r)]
         inside = "col(A) inside S_F" if r < m else "S_F inside col(A)"
+        pooled = population(rows, loss, "r", (r,), config=run.config)
         out.append(results.claim(f"r={r}, m={m}: {inside}: largest principal angle (degrees), worst seed",
-                                 s["max_angle_deg_max"], "<=", 10.0))
+                                 s["max_angle_deg_max"], "<=", 10.0,
+                                 quantity=f"largest over runs of {loss}'s largest principal angle (°) between "
+                                 "col(A) and S_F",
+                                 population=pooled, method=loss))
         if r > m:
             out.append(results.claim(f"r={r} > m={m}: the extra directions collapse: effective rank of the "
-                                     f"embedding xA, worst seed", s["effective_rank_max"], "<=", m + 0.5))
+                                     f"embedding xA, worst seed", s["effective_rank_max"], "<=", m + 0.5,
+                                     quantity=f"largest over runs of the effective rank of {loss}'s embedding xA",
+                                     population=pooled, method=loss))
     return out
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from gmmssl.experiments._compare import BASE, STATIC_KEYS, build as compare_build, mixture
+from gmmssl.experiments._compare import BASE, STATIC_KEYS, build as compare_build, mixture, population
 from gmmssl import plots, results
 from gmmssl.experiment import Experiment
 from gmmssl.fisher import canonical_correlations
@@ -105,10 +105,15 @@ def claims(run):
     gaps = np.array([[row[f"norm_{i}"] - row[f"predicted_{i}"] for i in range(1, r + 1)] for row in cells])
     worst = float(np.max(np.abs(gaps))) if gaps.size else float("nan")  # NaN propagates
     agree = np.mean([row["surviving"] == row["predicted_surviving"] for row in cells])
+    pooled = (population(cells, "simsiam", "xi", {row["xi"] for row in cells}, config=run.config,
+                         title="no predictor, each seed its own mixture") + f" (cells), {r} directions each")
     return [results.claim("no predictor: worst abs(measured − predicted) squared norm over (ξ, δ, mixture)", worst,
-                          "<=", 0.05),
+                          "<=", 0.05, quantity="largest abs(measured − predicted) squared norm over directions and "
+                          "cells", population=pooled),
             results.claim("no predictor: fraction of (ξ, δ, mixture) cells with the predicted number of surviving "
-                          "directions", agree, ">=", 0.9)]
+                          "directions", agree, ">=", 0.9,
+                          quantity=f"share of cells whose count of directions with squared norm > {SURVIVE:g} "
+                          "equals the predicted count", population=pooled)]
 
 
 def figures(run, out_dir):

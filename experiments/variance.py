@@ -18,7 +18,7 @@ InfoNCE is ahead.
 """
 from __future__ import annotations
 
-from gmmssl.experiments._compare import by_method_x, comparison, groups
+from gmmssl.experiments._compare import by_method_x, comparison, groups, population
 from gmmssl import results
 
 DEFAULTS = {
@@ -41,14 +41,26 @@ def claims(run):
         loss = parts[0].config["loss"]
         by = by_method_x(rows, "condition_number")
         cs = sorted({c for _, c in by})
+        config = parts[0].config
         out.append(results.claim(f"PCA degrades: mean capture at cond={cs[-1]:g} minus at cond={cs[0]:g}",
                                  by[("pca", cs[-1])]["fisher_capture_mean"] - by[("pca", cs[0])]["fisher_capture_mean"],
-                                 "<=", 0.0))
+                                 "<=", 0.0,
+                                 quantity=f"PCA's mean Fisher capture at condition number {cs[-1]:g} minus at "
+                                 f"{cs[0]:g}",
+                                 population=population(rows, "pca", "condition_number", (cs[0], cs[-1]),
+                                                       config=config, title=title)))
         out.append(results.claim(f"{loss} does not degrade: mean capture, worst condition number",
-                                 min(by[(loss, c)]["fisher_capture_mean"] for c in cs), ">=", 0.9))
+                                 min(by[(loss, c)]["fisher_capture_mean"] for c in cs), ">=", 0.9,
+                                 quantity=f"smallest over condition numbers of {loss}'s mean Fisher capture",
+                                 population=population(rows, loss, "condition_number", cs, config=config,
+                                                       title=title), method=loss))
         out.append(results.claim(f"{loss} minus PCA: mean capture, worst condition number",
                                  min(by[(loss, c)]["fisher_capture_mean"] - by[("pca", c)]["fisher_capture_mean"]
-                                     for c in cs), ">=", 0.0))
+                                     for c in cs), ">=", 0.0,
+                                 quantity=f"smallest over condition numbers of {loss}'s mean Fisher capture minus "
+                                 "PCA's",
+                                 population=population(rows, (loss, "pca"), "condition_number", cs, config=config,
+                                                       title=title), method=loss))
     return out
 
 

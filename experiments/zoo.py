@@ -40,7 +40,7 @@ from __future__ import annotations
 import dataclasses
 
 from gmmssl import plots, results
-from gmmssl.experiments._compare import FAMILIES, by_method_x, comparison, groups, summary
+from gmmssl.experiments._compare import FAMILIES, by_method_x, comparison, groups, population, summary
 
 CONTRASTIVE = ("infonce", "ntxent", "dcl", "siglip")
 SECOND_MOMENT = ("spectral", "barlow_twins", "vicreg")
@@ -83,17 +83,23 @@ def claims(run):
         tag = f"[{loss} on {mix}]"
         if 1.0 in deltas:
             s = by[(loss, 1.0)]
+            one = population(rows, loss, "delta", (1.0,), config=run.config)
             if loss in CONTRASTIVE + SECOND_MOMENT + POPULATION:
                 out.append(results.claim(f"{tag} finds S_F at δ=1: mean Fisher capture",
-                                         s["fisher_capture_mean"], ">=", 0.9))
+                                         s["fisher_capture_mean"], ">=", 0.9,
+                                         quantity=f"{loss}'s mean Fisher capture", population=one, method=loss))
             elif mix == "random":
                 out.append(results.claim(f"{tag} collapses at δ=1: mean effective rank of the embedding",
-                                         s["effective_rank_mean"], "<=", 1.5))
+                                         s["effective_rank_mean"], "<=", 1.5,
+                                         quantity=f"mean effective rank of {loss}'s embedding xA", population=one))
                 out.append(results.claim(f"{tag} keeps about one direction at δ=1: mean Fisher capture",
-                                         s["fisher_capture_mean"], "<=", 0.6))
+                                         s["fisher_capture_mean"], "<=", 0.6,
+                                         quantity=f"{loss}'s mean Fisher capture", population=one))
         if 0.0 in deltas and mix == "random":
             out.append(results.claim(f"{tag} no signal at δ=0: mean Fisher capture",
-                                     by[(loss, 0.0)]["fisher_capture_mean"], "<=", 0.6))
+                                     by[(loss, 0.0)]["fisher_capture_mean"], "<=", 0.6,
+                                     quantity=f"{loss}'s mean Fisher capture",
+                                     population=population(rows, loss, "delta", (0.0,), config=run.config)))
     return out
 
 

@@ -6,7 +6,7 @@ the conjecture experiment reports, as functions your own sweep can call.
   Fisher subspace S_F, its largest principal angle to S_F, whether a Fisher direction
   was dropped (the singular value ratio), and the certificate (gradient, curvature).
 * :func:`comparison_to_target`: a trained projector's deficit and its largest angle to a
-  reference projector (the certified optimum, say).
+  reference projector (the exact optimum, say).
 * :func:`targets_sweep`: a :class:`gmmssl.sweep.Sweep` that trains one projector per
   mixture and scores it against that mixture's reference projector (the finite-batch
   picture: does sampled in-batch training at batch size B end where the exact optimum is?).
@@ -39,7 +39,7 @@ DROPPED_SV_RATIO = 1e-6  # an optimum whose smallest/largest singular value fall
 def certified_optimum_metrics(key, gmm: GMM, delta, r: int, mode: str = "prior", temperature=1.0, *,
                               fisher_basis=None, centered: bool = True, starts: int = 4,
                               iterations: int = 100) -> dict:
-    """The certified optimum A* (d, r) of the exact InfoNCE objective of ``gmm`` at ``delta``
+    """The exact optimum A* (d, r) of the exact InfoNCE objective of ``gmm`` at ``delta``
     (:func:`gmmssl.exact.certify`, same arguments) and what it says about S_F.
 
     Returns a dict of scalars: "deficit" = 1 − capture(A*, S_F) (0: A* contains S_F);

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["Claim", "FolderInUse", "atomic_write", "claim", "count_diverged", "divergence_summary", "file_sha256",
-           "folder_lock", "format_table", "guard_claims", "lock_held", "invalid_rows", "read_csv", "read_json", "summarize",
+           "folder_lock", "format_table", "guard_claims", "lock_held", "invalid_rows", "lower_bound", "read_csv", "read_json",
+           "summarize",
            "tidy_rows", "write_csv", "write_json"]
 
 
@@ -203,6 +204,24 @@ def _json_default(o):
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
+# one-sided 95% quantiles of Student's t, by degrees of freedom (then the normal's 1.645)
+_T95 = (6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812, 1.796, 1.782, 1.771, 1.761, 1.753,
+        1.746, 1.740, 1.734, 1.729, 1.725, 1.721, 1.717, 1.714, 1.711, 1.708, 1.706, 1.703, 1.701, 1.699, 1.697)
+
+
+def lower_bound(values) -> float:
+    r"""The lower end of the one-sided 95% Student-t interval of the mean of ``values``:
+    :math:`\bar v - t_{0.95,\,n-1}\, s/\sqrt n` (s the sample standard deviation). Paired
+    differences (a method minus a baseline on the same seeds) with a positive lower bound
+    are a win at that level; a mean inside the interval is a tie, whatever its sign. NaN
+    for fewer than 2 values or any NaN."""
+    v = np.asarray(values, np.float64).reshape(-1)
+    if v.size < 2 or np.isnan(v).any():
+        return float("nan")
+    t = _T95[v.size - 2] if v.size - 2 < len(_T95) else 1.645
+    return float(v.mean() - t * v.std(ddof=1) / np.sqrt(v.size))
+
+
 def summarize(rows: list[dict], by: tuple[str, ...], metrics: tuple[str, ...]) -> list[dict]:
     """Mean, standard deviation, min and max of each metric over rows sharing ``by``.
 
@@ -248,13 +267,26 @@ def format_table(summary: list[dict], row_key: str, col_key: str, metric: str, *
 
 @dataclasses.dataclass(frozen=True)
 class Claim:
-    """One checked claim: what is claimed, what was measured, against which bound."""
+    """One checked claim: what is claimed, what was measured, against which bound.
+
+    ``quantity`` names what ``measured`` is (a share, a mean capture, a difference to
+    LDA's), ``population`` the cells it pools (which δ, r, mode, method, how many), and
+    ``margin`` how far it passed (> 0) or failed (< 0): measured − bound for "≥",
+    bound − measured for "≤" (NaN when measured is). verdict.json records all three.
+    ``method``: the method whose success the claim states ("" for claims about baselines
+    or about failures); tests put the untrained projector's rows (and PCA's, where PCA is
+    predicted to fail) in its place and check that the claim then fails.
+    """
 
     statement: str
     measured: float
     tolerance: str
     passed: bool
     note: str = ""
+    quantity: str = ""
+    population: str = ""
+    margin: float = math.nan
+    method: str = ""
 
     @property
     def scored(self) -> bool:
@@ -274,12 +306,24 @@ NOT_SCORED = "not scored"
 _OPS = {"<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b}
 
 
-def claim(statement: str, measured: float, op: str, bound: float) -> Claim:
-    """A :class:`Claim` that ``measured op bound`` (op is "<=" or ">="); NaN fails."""
+def claim(statement: str, measured: float, op: str, bound: float, *, quantity: str, population: str,
+          method: str = "") -> Claim:
+    """A :class:`Claim` that ``measured op bound`` (op is "<=" or ">="); NaN fails.
+
+    ``quantity`` (what is measured) and ``population`` (the cells pooled) are required and
+    must not be empty: a verdict that does not say what it pooled cannot be checked.
+    ``method`` names the method whose success it states (see :class:`Claim`).
+    """
+    for name, text in (("quantity", quantity), ("population", population)):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"claim {statement!r}: {name} must name what the claim measures/pools, got {text!r}")
+    if op not in _OPS:
+        raise ValueError(f"claim {statement!r}: op must be '<=' or '>=', got {op!r}")
     measured = float(measured)
     passed = (not math.isnan(measured)) and bool(_OPS[op](measured, bound))
-    return Claim(statement, measured, f"{op} {bound:g}", passed,
-                 "" if not math.isnan(measured) else "measured NaN: no valid cells")
+    margin = measured - bound if op == ">=" else bound - measured
+    note = "" if not math.isnan(measured) else "measured NaN: no valid cells, or too few for the statistic"
+    return Claim(statement, measured, f"{op} {bound:g}", passed, note, quantity, population, margin, method)
 
 
 def count_diverged(rows: list[dict]) -> int:

@@ -56,6 +56,7 @@ from gmmssl.metrics import fisher_capture
 
 __all__ = ["BLOWUP_FACTOR", "DEFAULT_HPARAMS", "DIVERGENCE_REASONS", "HISTORY_KEYS", "HPARAM_RANGES", "IN_BATCH_LOSSES",
            "OBJECTIVES", "SCHEDULES", "STUCK_TOL", "Objective", "TrainConfig", "TrainResult", "TrainState", "aed_pairs",
+           "byol_ema_rate",
            "HParam", "as_hparam", "check_setup", "diverged", "divergence", "embed", "hparam_ranges",
            "hparams_in_range", "init", "init_params", "init_projector", "learning_rate_schedule", "make_hparams",
            "objective_of", "pair_moments", "step", "train", "unused_hparams", "validate_hparams"]
@@ -363,7 +364,9 @@ class Objective:
       nonlinear: it may train an MLP projector (``TrainConfig(hidden=...)``).
       post_update: optional (params, hparams, config) -> params, applied after every
         optimizer step (e.g. BYOL's moving-average target network, kept in the params
-        with a stop-gradient, so it rides in the scan's state).
+        with a stop-gradient, so it rides in the scan's state). A post_update with a
+        keyword parameter ``count`` also receives the step number (a traced int32, 0 for
+        the first step), for schedules such as BYOL's cosine EMA.
 
     Example (decoupled contrastive learning: InfoNCE without the positive in the
     denominator, with a traced weight):
@@ -410,11 +413,30 @@ class Objective:
                 raise ValueError(f"Objective {self.name!r}: {err}") from None
         object.__setattr__(self, "hparams", converted)
 
+    def update(self, params, hparams, config, count):
+        """``post_update`` applied (params unchanged when there is none), with ``count``
+        when it takes one."""
+        if self.post_update is None:
+            return params
+        if _takes_count(self.post_update):
+            return self.post_update(params, hparams, config, count=count)
+        return self.post_update(params, hparams, config)
+
     def init_params(self, key, data, config):
         return (self.init or init_projector)(key, data, config)
 
     def pairs(self, key, data, n, hparams, config):
         return (self.batch or aed_pairs)(key, data, n, hparams, config)
+
+
+def _takes_count(fn) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "count" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def objective_of(loss) -> Objective:
@@ -560,8 +582,23 @@ def _byol_loss(params, x, x_pos, hparams, config, gmm):
     return 0.5 * (losses.byol(z @ params["P"], tp) + losses.byol(zp @ params["P"], t))
 
 
-def _byol_update(params, hparams, config):
-    rate = hparams["ema"]
+def byol_ema_rate(hparams, config, count):
+    r"""BYOL's target moving-average rate at step ``count``: with ``ema`` = τ_base and
+    ``ema_cosine`` = c ∈ [0, 1],
+
+    .. math:: \tau_k = (1 - c)\,\tau_{base} + c\,\big[1 - (1 - \tau_{base})(\cos(\pi k/K) + 1)/2\big],
+
+    K = ``config.steps``. c = 0 (the default) keeps τ_base fixed; c = 1 is BYOL's cosine
+    schedule (Grill et al. 2020, τ_base = 0.996 there: ``ema=0.996, ema_cosine=1``), rising
+    from τ_base at the first step to 1 at the last."""
+    base, c = hparams["ema"], hparams["ema_cosine"]
+    frac = jnp.minimum(jnp.asarray(count, jnp.float32) / max(config.steps, 1), 1.0)
+    cosine = 1.0 - (1.0 - base) * (jnp.cos(jnp.pi * frac) + 1.0) / 2.0
+    return (1.0 - c) * base + c * cosine
+
+
+def _byol_update(params, hparams, config, *, count=0):
+    rate = byol_ema_rate(hparams, config, count)
     online = {k: v for k, v in params.items() if k not in ("P", "target")}
     target = jax.tree_util.tree_map(lambda t, o: rate * t + (1.0 - rate) * o, params["target"], online)
     return {**params, "target": target}
@@ -611,7 +648,8 @@ OBJECTIVES: dict[str, Objective] = {
     "barlow_twins": Objective("barlow_twins", _barlow_loss),
     "vicreg": Objective("vicreg", _vicreg_loss),
     "negative_cosine": Objective("negative_cosine", _negative_cosine_loss, init=_init_with_predictor, in_batch=False),
-    "byol": Objective("byol", _byol_loss, init=_init_byol, hparams={"ema": (0.99, 0.0, 1.0, False)},
+    "byol": Objective("byol", _byol_loss, init=_init_byol, hparams={"ema": (0.99, 0.0, 1.0, False),
+                                                               "ema_cosine": (0.0, 0.0, 1.0, False)},
                       post_update=_byol_update, in_batch=False),
     "siglip": Objective("siglip", _siglip_loss, init=_init_siglip),
     # noise-free references: the population losses of the second-moment objectives
@@ -858,7 +896,7 @@ def _check_abstract(data, config: TrainConfig) -> None:
         same_structure(params, new, "the optimizer's update (TrainConfig.optimizer)")
         if objective.post_update is not None:
             with _blame(f"{label}: its post_update(params, hparams, config)"):
-                after = objective.post_update(new, hp, config)
+                after = objective.update(new, hp, config, jnp.zeros((), jnp.int32))
             same_structure(new, after, f"{label}: its post_update")
 
     hp = {name: jax.ShapeDtypeStruct((), jnp.float32) for name in hparam_ranges(config)}
@@ -1114,8 +1152,7 @@ def _step(state: TrainState, data, config: TrainConfig, tx, schedule) -> tuple[T
     (value, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x, x_pos)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    if objective.post_update is not None:
-        params = objective.post_update(params, state.hparams, config)
+    params = objective.update(params, state.hparams, config, state.count)
     metrics = {"loss": value, **aux}
     if schedule is not None:
         metrics["learning_rate"] = jnp.asarray(schedule(state.count), jnp.float32)

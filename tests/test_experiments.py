@@ -84,10 +84,16 @@ def test_experiment_writes_results_figures_and_a_verdict(runs, name):
     verdict = json.loads((folder / "verdict.json").read_text())
     assert verdict["claims"], "an experiment must check at least one claim"
     for c in verdict["claims"]:
-        assert set(c) == {"statement", "measured", "tolerance", "passed", "note"}
+        assert set(c) == {"statement", "measured", "tolerance", "passed", "note", "quantity", "population", "margin",
+                          "method"}
+        # every claim says what it measures, what it pools and by how much it passed or failed
+        assert c["quantity"].strip() and c["population"].strip(), c
+        if c["note"] == "" and c["margin"] == c["margin"]:  # scored, not NaN
+            assert (c["margin"] >= 0) == c["passed"], c
     # the verdict recomputed from results.csv is the stored one
     recomputed, meta = recompute_claims(experiments.get(name), folder)
-    assert [dataclasses.asdict(c) for c in recomputed] == verdict["claims"]
+    assert (json.dumps([dataclasses.asdict(c) for c in recomputed], sort_keys=True)
+            == json.dumps(verdict["claims"], sort_keys=True))  # (NaN == NaN as text)
     # the open-questions summary reads the stored rows (as gmmssl report does)
     if experiments.get(name).findings is not None:
         from gmmssl.experiment import Run
@@ -123,6 +129,51 @@ def test_verdict_logic_can_fail(runs, name):
     broken = dataclasses.replace(run, rows=broken_rows)
     claims = experiments.get(name).claims(broken)
     assert any(not c.passed for c in claims), [dataclasses.asdict(c) for c in claims]
+
+
+# where PCA is predicted to fail, its numbers must fail a method's success claims too
+PCA_FAILS = {"pancakes"}
+# the experiments whose rows hold the untrained projector ("init"): their success claims are swap-tested
+HAS_INIT = {"pancakes", "delta", "dimension", "variance", "rank", "nonlinear", "heteroscedastic"}
+
+
+def _swapped(run, method: str, baseline: str):
+    """The run's rows with ``method``'s metrics replaced by ``baseline``'s on the same cell."""
+    import numpy as np
+
+    def cell(r):
+        return tuple(sorted((k, v) for k, v in r.items() if k in KEYS))
+
+    KEYS = {"seed", "delta", "d", "r", "depth", "mixture", "loss", "num_components", "condition_number", "xi",
+            "heterogeneity", "separation", "thickness", "batch_size", "mode", "private_separation", "features"}
+    base = {cell(r): r for r in run.rows if r["method"] == baseline}
+    rows = []
+    for r in run.rows:
+        if r["method"] == method:
+            assert cell(r) in base, f"no {baseline} row for the cell of {r}"
+            r = {**r, **base[cell(r)], "method": method}  # its own training-only columns stay
+        rows.append(r)
+    assert np.any([r["method"] == method for r in rows])
+    return dataclasses.replace(run, rows=rows)
+
+
+@pytest.mark.parametrize("name", _grouped(sorted(HAS_INIT)))
+def test_success_claims_fail_on_the_untrained_projectors_numbers(runs, name):
+    """Issue 28, item 5: a claim that a method succeeds must fail when the untrained
+    projector's numbers (and PCA's, where PCA is predicted to fail) stand in for the
+    method's: otherwise it cannot separate the method from chance."""
+    _, out = runs
+    run, _ = out[name]
+    claims = experiments.get(name).claims(run)
+    success = [(i, c) for i, c in enumerate(claims) if c.method]
+    assert success, f"{name}: no claim names the method whose success it states"
+    for baseline in ["init"] + (["pca"] if name in PCA_FAILS else []):
+        for method in {c.method for _, c in success}:
+            swapped = experiments.get(name).claims(_swapped(run, method, baseline))
+            assert len(swapped) == len(claims)
+            for i, c in success:
+                if c.method == method:
+                    assert not swapped[i].passed, (baseline, c.statement, swapped[i].measured, c.tolerance)
 
 
 @pytest.mark.xdist_group("experiment-rank")

@@ -153,6 +153,43 @@ def test_byol_target_is_the_moving_average_of_the_online_network():
     assert not np.allclose(mid["target"]["A"], mid["A"]) and not np.allclose(mid["target"]["A"], start["A"])
 
 
+def test_byol_cosine_ema_schedule_rises_from_the_base_rate_to_one_as_in_the_paper():
+    from gmmssl.train import Objective, byol_ema_rate, step, init
+
+    cfg = TrainConfig(loss="byol", r=2, batch_size=32, steps=8, log_every=4)
+    hp = {"ema": 0.996, "ema_cosine": 1.0}
+    rates = [float(byol_ema_rate(hp, cfg, k)) for k in range(cfg.steps + 1)]
+    # BYOL: τ_k = 1 − (1 − τ_base)(cos(πk/K) + 1)/2
+    want = [1 - (1 - 0.996) * (math.cos(math.pi * k / cfg.steps) + 1) / 2 for k in range(cfg.steps + 1)]
+    np.testing.assert_allclose(rates, want, rtol=1e-6)
+    assert rates[0] == pytest.approx(0.996) and rates[-1] == pytest.approx(1.0) and np.all(np.diff(rates) > 0)
+    assert float(byol_ema_rate({"ema": 0.9, "ema_cosine": 0.0}, cfg, 5)) == pytest.approx(0.9)  # the default: fixed
+
+    # the trainer applies it step by step: replay the EMA by hand from the online weights of each step
+    g = parallel_pancakes(6, 2)
+    key = jax.random.PRNGKey(3)
+    hparams = {"delta": jnp.float32(1.0), "learning_rate": jnp.float32(0.05), "temperature": jnp.float32(1.0),
+               "xi": jnp.float32(0.7), "ema": jnp.float32(0.5), "ema_cosine": jnp.float32(1.0)}
+    state = init(key, g, hparams, cfg)
+    target = state.params["target"]["A"]
+    for k in range(cfg.steps):
+        state, _ = step(state, g, cfg)
+        rate = 1 - 0.5 * (math.cos(math.pi * k / cfg.steps) + 1) / 2
+        target = rate * target + (1 - rate) * state.params["A"]
+    np.testing.assert_allclose(state.params["target"]["A"], target, rtol=1e-5, atol=1e-7)
+    out = train(key, g, hparams, cfg)
+    np.testing.assert_allclose(out.params["target"]["A"], target, rtol=1e-5, atol=1e-7)
+
+    # a post_update without ``count`` is still called the old way; one with it gets the step number
+    seen = Objective("counted", OBJECTIVES["infonce"].loss,
+                     init=lambda k, d, c: {**OBJECTIVES["infonce"].init_params(k, d, c), "n": jnp.zeros(())},
+                     post_update=lambda p, h, c, *, count: {**p, "n": p["n"] + count})
+    old = Objective("old", OBJECTIVES["infonce"].loss, post_update=lambda p, h, c: {**p, "A": p["A"] * 1.0})
+    counted = train(key, g, {"delta": 1.0}, TrainConfig(loss=seen, steps=6, log_every=3, batch_size=16))
+    assert float(counted.params["n"]) == sum(range(6))
+    train(key, g, {"delta": 1.0}, TrainConfig(loss=old, steps=4, log_every=2, batch_size=16))
+
+
 def test_siglip_learns_its_temperature_and_bias():
     g = parallel_pancakes(6, 2)
     out = train(jax.random.PRNGKey(2), g, {"delta": 1.0}, TrainConfig(loss="siglip", batch_size=32, steps=20,
