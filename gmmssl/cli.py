@@ -128,6 +128,9 @@ def _parser():
     rep.add_argument("--docs", default="docs", help="where RESULTS.md and figures/ go")
     rep.add_argument("--partial", action="store_true",
                      help="write the report even when some experiments have no finished results")
+    rep.add_argument("--only", default=None, metavar="NAMES",
+                     help="recompute the sections of these experiments (comma-separated) and keep every other "
+                          "section of the existing reports as it is (marked as kept)")
     run = sub.add_parser("run", help="run an experiment", epilog="exit status: 0 done; 1 invalid cells (or a failed "
                          "claim with --strict); 2 refused; 3 another process of a distributed run died")
     run.add_argument("name", help="experiment name (see 'gmmssl list'), or 'all'")
@@ -250,7 +253,8 @@ def _main(args) -> int:
         from gmmssl.report import write_reports
 
         try:
-            for path in write_reports(args.results, args.docs, partial=args.partial):  # both, or neither
+            only = None if args.only is None else [n for n in args.only.split(",") if n]
+            for path in write_reports(args.results, args.docs, partial=args.partial, only=only):  # both, or neither
                 _say(f"wrote {path}")
         except ValueError as err:
             return _error(err)

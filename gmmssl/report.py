@@ -203,13 +203,122 @@ def write_report(results_root="results", docs="docs", names=None, partial: bool 
     return _write(*_render_report(results_root, docs, names, partial))
 
 
-def write_reports(results_root="results", docs="docs", partial: bool = False) -> list[Path]:
+def write_reports(results_root="results", docs="docs", partial: bool = False, only=None) -> list[Path]:
     """``gmmssl report``: docs/RESULTS.md and docs/open-questions.md, both or neither:
     each is computed in full (every run checked, every claim recomputed) before either is
-    written, so a refusal (ValueError, one line) leaves ``docs`` as it was."""
-    rendered = [_render_report(results_root, docs, None, partial),
-                _render_open_questions(results_root, docs, partial)]
+    written, so a refusal (ValueError, one line) leaves ``docs`` as it was.
+
+    ``only`` (experiment names, ``gmmssl report --only``): recompute the sections of these
+    experiments (their runs must be finished) and keep every other section of the existing
+    reports verbatim, for a machine that holds some runs only. Both files then open with a
+    line naming what was recomputed and what was kept from the previous report (scored by
+    the code of that time)."""
+    if only is None:
+        rendered = [_render_report(results_root, docs, None, partial),
+                    _render_open_questions(results_root, docs, partial)]
+    else:
+        rendered = _render_only(results_root, docs, list(only))
     return [_write(*r) for r in rendered]
+
+
+KEPT = "> Partly regenerated (`gmmssl report --only"
+
+
+def _owner(title: str, names) -> bool:
+    """Whether a report section or table row titled ``title`` (a results folder's name)
+    belongs to one of the experiments ``names`` (results/NAME or results/NAME_*)."""
+    return any(title == n or title.startswith(n + "_") for n in names)
+
+
+def _chunks(text: str) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """(the lines before the first "## " header, [(header title, its lines)])."""
+    head, chunks = [], []
+    for line in text.splitlines():
+        if line.startswith("## "):
+            chunks.append((line[3:].strip(), [line]))
+        elif chunks:
+            chunks[-1][1].append(line)
+        else:
+            head.append(line)
+    return head, chunks
+
+
+def _kept_note(head: list[str], names, kept) -> list[str]:
+    head = [ln for ln in head if not ln.startswith(KEPT)]
+    note = (f"{KEPT} {','.join(names)}`): recomputed now: {', '.join(names)}; kept verbatim from the previous report, "
+            f"scored by the code of that time (its claims may have changed since; rerun those experiments and "
+            f"`gmmssl report` to rescore): {', '.join(kept) or 'none'}.")
+    while head and not head[-1].strip():
+        head.pop()
+    return head + ["", note, ""]
+
+
+def _render_only(results_root, docs, names):
+    """(docs, copies, path, text) for RESULTS.md and open-questions.md, the sections of
+    ``names`` recomputed and spliced into the existing files."""
+    import gmmssl.experiments as experiments
+
+    root, docs = Path(results_root), Path(docs)
+    unknown = [n for n in names if n not in experiments.REGISTRY]
+    if not names or unknown:
+        raise ValueError(f"--only needs experiment names from {sorted(experiments.REGISTRY)}, got {names}")
+    out = []
+    # RESULTS.md: the claim table's rows and the sections of ``names`` replaced
+    path = docs / "RESULTS.md"
+    if not path.exists():
+        raise ValueError(f"--only splices into {path}, which does not exist: run `gmmssl report` first")
+    _, copies, _, fresh = _render_report(results_root, docs, names, False)
+    old_head, old_chunks = _chunks(path.read_text())
+    new_head, new_chunks = _chunks(fresh)
+    table = [ln for ln in new_head if ln.startswith("| ") and not ln.startswith("| experiment |")]
+    head, placed = [], False
+    for ln in old_head:
+        is_row = ln.startswith("| ") and not ln.startswith("| experiment |")
+        if is_row and _owner(ln[2:].split(" |")[0], names):
+            if not placed:
+                head += table
+                placed = True
+            continue
+        head.append(ln)
+    if not placed:  # new rows go after the last table row
+        last = max(i for i, ln in enumerate(head) if ln.startswith("|"))
+        head[last + 1:last + 1] = table
+    kept = sorted({t for t, _ in old_chunks if not _owner(t, names)})
+    chunks, placed = [], False
+    for title, lines in old_chunks:
+        if _owner(title, names):
+            if not placed:
+                chunks += new_chunks
+                placed = True
+            continue
+        chunks.append((title, lines))
+    if not placed:
+        chunks += new_chunks
+    text = "\n".join(_kept_note(head, names, kept) + [ln for _, lines in chunks for ln in lines]).rstrip() + "\n"
+    out.append((docs, copies, path, text))
+    # open-questions.md: the questions of ``names`` recomputed
+    path = docs / "open-questions.md"
+    questions = dict(OPEN_QUESTIONS)
+    if path.exists() and any(n in questions for n in names):
+        old_head, old_chunks = _chunks(path.read_text())
+        copies, chunks = [], []
+        for title, lines in old_chunks:
+            name = next((n for n, q in OPEN_QUESTIONS if q == title), None)
+            if name in names:
+                exp = experiments.get(name)
+                block = [f"## {title}", "", f"Experiment `{name}`: {exp.description}", ""]
+                for i, run_dir in enumerate(_question_runs(root, name)):
+                    if i:
+                        block += [f"### Also at paper scale: `results/{run_dir.name}`", ""]
+                    block += _question_section(exp, name, run_dir, docs, copies)
+                if exp.notes:
+                    block += ["### Notes (for every run above)", "", exp.notes, ""]
+                lines = block
+            chunks.append((title, lines))
+        kept = [n for n, q in OPEN_QUESTIONS if n not in names]
+        text = "\n".join(_kept_note(old_head, names, kept) + [ln for _, lines in chunks for ln in lines]).rstrip() + "\n"
+        out.append((docs, copies, path, text))
+    return out
 
 
 def _render_report(results_root, docs, names, partial):

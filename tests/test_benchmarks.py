@@ -39,8 +39,10 @@ def test_bench_device_quick_writes_json_and_markdown(tmp_path):
     assert "| precision |" in (tmp_path / "bench.md").read_text()
     pancakes = report["pancakes"]
     assert pancakes["num_cells"] == 6 and pancakes["wall_s"] > 0 and pancakes["num_claims"] > 0
-    assert pancakes["claims_passed"] == pancakes["num_claims"] and pancakes["verdict"] is True
-    assert (tmp_path / "pancakes" / "verdict.json").exists()
+    # the benchmark reports the experiment's own verdict (at this size the efficiency claim at δ = 0.5 can fail)
+    stored = json.loads((tmp_path / "pancakes" / "verdict.json").read_text())["claims"]
+    assert pancakes["num_claims"] == len(stored) and pancakes["claims_passed"] == sum(c["passed"] for c in stored)
+    assert pancakes["verdict"] is (pancakes["claims_passed"] == pancakes["num_claims"])
     md = (tmp_path / "bench.md").read_text()
     assert "## Kernels" in md and "## Sweeps" in md and "## Pancakes experiment" in md
 

@@ -190,6 +190,32 @@ def test_report_is_generated_from_the_results(runs, tmp_path):
     assert list((tmp_path / "docs" / "figures").glob("*.png"))
 
 
+@pytest.mark.xdist_group("experiment-rank")
+def test_report_only_recomputes_the_named_sections_and_keeps_the_rest_verbatim(runs, tmp_path):
+    from gmmssl.report import write_reports
+
+    root, out = runs
+    for name in ("pancakes", "rank"):
+        out[name]
+    docs = tmp_path / "docs"
+    before = write_report(root, docs, names=["pancakes", "rank"]).read_text()
+    pancakes = before[before.index("## pancakes"):before.index("## rank")]
+    # rank's section edited by hand: --only rank must recompute it, and leave pancakes' alone
+    (docs / "RESULTS.md").write_text(before.replace("## rank", "## rank\n\nA stale line.").replace(
+        "| pancakes |", "| pancakes |"))
+    paths = write_reports(root, docs, only=["rank"])
+    assert [p.name for p in paths] == ["RESULTS.md"]  # no open-questions.md here to splice into
+    after = paths[0].read_text()
+    assert "A stale line." not in after and pancakes in after
+    assert after.count("| rank |") == before.count("| rank |") and after.count("| pancakes |") == before.count(
+        "| pancakes |")
+    note = [ln for ln in after.splitlines() if ln.startswith("> Partly regenerated")]
+    assert len(note) == 1 and "recomputed now: rank" in note[0] and "previous report" in note[0] and "pancakes" in note[0]
+    assert write_reports(root, docs, only=["rank"])[0].read_text() == after  # idempotent: one note, same text
+    with pytest.raises(ValueError, match="--only needs experiment names"):
+        write_reports(root, docs, only=["nosuch"])
+
+
 @pytest.mark.xdist_group("experiment-heteroscedastic")
 def test_open_questions_report_the_paper_scale_runs_when_there_are_any(runs, tmp_path, monkeypatch):
     import shutil
