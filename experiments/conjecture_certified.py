@@ -392,7 +392,8 @@ dL/dε = α wᵀg for a vector g that is generically nonzero: B_0 is not station
 toward Σ⁻¹μ̄. It still lies in Σ⁻¹span{μ_k} (the span argument). At r = m = K − 1 the optimum has m columns
 for an m-dimensional S_F plus the tilt, so it must give up part of S_F: a deficit, predicted, outside the
 paper's premise (its InfoNCE analysis assumes r ≥ K). At r ≥ K there is room for u as a K-th direction:
-an optimum of rank K spans all of Σ⁻¹span{μ_k}, S_F included, and is scored against that span. An optimum
-of rank below K at r ≥ K is the r = m optimum again (the extra column unused); the findings count them and
-check their loss against the r = m run of the same mixture."""
+an optimum of rank K spans all of Σ⁻¹span{μ_k}, S_F included, and is scored against that span. Nothing in
+the argument forces rank K: an optimum of rank below K at r ≥ K leaves the extra column unused and can be
+the r = m optimum again, tilt and deficit included; the findings count them and compare their loss with
+the r = m run of the same mixture."""
 

@@ -145,6 +145,19 @@ def _recompute(experiment, out_dir: Path):
     return claims, meta, verdict, rows
 
 
+def _stored_note(stored: dict, claims) -> list[str]:
+    """What the report says when verdict.json (written by the run) and the verdict
+    recomputed now differ: claims of an earlier version (other statements), or the same
+    claims judged differently."""
+    then = [c.get("statement") for c in stored["claims"]]
+    if then != [c.statement for c in claims]:
+        return [f"(verdict.json was written by an earlier version of this experiment's claims, {len(then)} then and "
+                f"{len(claims)} now; every verdict here is recomputed from results.csv by this version.)", ""]
+    if [c["passed"] for c in stored["claims"]] != [c.passed for c in claims]:
+        return ["**The stored verdict.json disagrees with the verdict recomputed from results.csv.**", ""]
+    return []
+
+
 def _check_docs(docs: Path) -> None:
     """Refuses a --docs (or its figures/) that is not a folder, before anything is written."""
     for folder in (docs, docs / "figures"):
@@ -355,8 +368,7 @@ def _render_report(results_root, docs, names, partial):
                      f"({meta.get('num_cells', '?')} cells, {meta.get('seconds', '?')} s on "
                      f"{meta['environment']['backend']}, jax {meta['environment']['jax']}"
                      f"{_reused(meta)}).", ""]
-        if [c["passed"] for c in stored["claims"]] != [c.passed for c in claims]:
-            sections += ["**The stored verdict.json disagrees with the verdict recomputed from results.csv.**", ""]
+        sections += _stored_note(stored, claims)
         passed = sum(c.passed for c in claims)
         sections += [f"Verdict: {passed} of {len(claims)} claims pass.", ""]
         if claims and not claims[0].scored:

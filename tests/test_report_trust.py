@@ -193,3 +193,18 @@ def test_report_writes_both_documents_or_neither(finished_tiny, tmp_path, capsys
     assert _report(root, docs, "--partial") == 2
     assert "docs/open-questions.md" in _one_line(capsys)
     assert not docs.exists() or not list(docs.iterdir())
+
+
+def test_the_report_says_whether_verdict_json_predates_the_claims_or_disagrees_with_them():
+    from gmmssl.report import _stored_note
+    from gmmssl.results import claim
+
+    now = [claim("a", 1.0, ">=", 0.5, quantity="q", population="p"), claim("b", 0.0, ">=", 0.5, quantity="q",
+                                                                            population="p")]
+    same = {"claims": [{"statement": "a", "passed": True}, {"statement": "b", "passed": False}]}
+    assert _stored_note(same, now) == []
+    flipped = {"claims": [{"statement": "a", "passed": True}, {"statement": "b", "passed": True}]}
+    assert "disagrees" in _stored_note(flipped, now)[0]
+    older = {"claims": [{"statement": "a (an older wording)", "passed": True}]}
+    note = _stored_note(older, now)[0]
+    assert "earlier version" in note and "1 then and 2 now" in note and "recomputed from results.csv" in note
