@@ -257,13 +257,38 @@ def _chunks(text: str) -> tuple[list[str], list[tuple[str, list[str]]]]:
 
 
 def _kept_note(head: list[str], names, kept) -> list[str]:
-    head = [ln for ln in head if not ln.startswith(KEPT)]
+    """The preamble ``head`` with the one line saying what --only recomputed and kept
+    (replacing an earlier such line), before the claims table when there is one."""
+    head = [ln for i, ln in enumerate(head)
+            if not ln.startswith(KEPT) and not (not ln.strip() and i and head[i - 1].startswith(KEPT))]
     note = (f"{KEPT} {','.join(names)}`): recomputed now: {', '.join(names)}; kept verbatim from the previous report, "
             f"scored by the code of that time (its claims may have changed since; rerun those experiments and "
             f"`gmmssl report` to rescore): {', '.join(kept) or 'none'}.")
+    table = next((i for i, ln in enumerate(head) if ln.startswith("|")), None)
+    if table is not None:
+        return head[:table] + [note, ""] + head[table:]
     while head and not head[-1].strip():
         head.pop()
     return head + ["", note, ""]
+
+
+def _splice(old: list, new: list, owned) -> list:
+    """``old`` and ``new``: [(title, item)]. Old items whose title is ``owned`` are replaced
+    in place by the new items of that title (dropped when there are none); new items of a
+    title the old list lacks go right after the last replaced one (at the end if none)."""
+    fresh: dict = {}
+    for title, item in new:
+        fresh.setdefault(title, []).append(item)
+    out, last = [], None
+    for title, item in old:
+        if owned(title):
+            out += [(title, x) for x in fresh.pop(title, [])]
+            last = len(out)
+        else:
+            out.append((title, item))
+    rest = [(title, x) for title, items in fresh.items() for x in items]
+    at = len(out) if last is None else last
+    return out[:at] + rest + out[at:]
 
 
 def _render_only(results_root, docs, names):
@@ -283,30 +308,21 @@ def _render_only(results_root, docs, names):
     _, copies, _, fresh = _render_report(results_root, docs, names, False)
     old_head, old_chunks = _chunks(path.read_text())
     new_head, new_chunks = _chunks(fresh)
-    table = [ln for ln in new_head if ln.startswith("| ") and not ln.startswith("| experiment |")]
-    head, placed = [], False
-    for ln in old_head:
-        is_row = ln.startswith("| ") and not ln.startswith("| experiment |")
-        if is_row and _owner(ln[2:].split(" |")[0], names):
-            if not placed:
-                head += table
-                placed = True
-            continue
-        head.append(ln)
-    if not placed:  # new rows go after the last table row
-        last = max(i for i, ln in enumerate(head) if ln.startswith("|"))
-        head[last + 1:last + 1] = table
+
+    def row(ln):
+        return ln.startswith("| ") and not ln.startswith("| experiment |")
+
+    def title(ln):
+        return ln[2:].split(" |")[0]
+
+    def owned(t):
+        return t is not None and _owner(t, names)
+
+    rows = [(title(ln), ln) for ln in new_head if row(ln)]
+    spliced = _splice([(title(ln) if row(ln) else None, ln) for ln in old_head], rows, owned)
+    head = [ln for _, ln in spliced]
     kept = sorted({t for t, _ in old_chunks if not _owner(t, names)})
-    chunks, placed = [], False
-    for title, lines in old_chunks:
-        if _owner(title, names):
-            if not placed:
-                chunks += new_chunks
-                placed = True
-            continue
-        chunks.append((title, lines))
-    if not placed:
-        chunks += new_chunks
+    chunks = _splice(old_chunks, new_chunks, owned)
     text = "\n".join(_kept_note(head, names, kept) + [ln for _, lines in chunks for ln in lines]).rstrip() + "\n"
     out.append((docs, copies, path, text))
     # open-questions.md: the questions of ``names`` recomputed

@@ -208,3 +208,15 @@ def test_the_report_says_whether_verdict_json_predates_the_claims_or_disagrees_w
     older = {"claims": [{"statement": "a (an older wording)", "passed": True}]}
     note = _stored_note(older, now)[0]
     assert "earlier version" in note and "1 then and 2 now" in note and "recomputed from results.csv" in note
+
+
+def test_report_only_splices_sections_in_place_and_drops_owned_ones_without_results():
+    from gmmssl.report import _owner, _splice
+
+    old = [("pancakes", 1), ("pancakes_full", 2), ("delta", 3), ("nonlinear", 4), ("nonlinear_paper", 5), ("zoo", 6)]
+    new = [("pancakes", "p"), ("nonlinear", "n"), ("nonlinear_extra", "x")]
+    got = _splice(old, new, lambda t: _owner(t, ["pancakes", "nonlinear"]))
+    # pancakes and nonlinear replaced where they were; pancakes_full and nonlinear_paper (no fresh run) dropped;
+    # a fresh section the old report lacked follows the last replaced one; the others untouched, in order
+    assert got == [("pancakes", "p"), ("delta", 3), ("nonlinear", "n"), ("nonlinear_extra", "x"), ("zoo", 6)]
+    assert _owner("conjecture_k58", ["conjecture"]) and not _owner("conjectures", ["conjecture"])
