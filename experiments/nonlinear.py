@@ -264,9 +264,10 @@ def findings(run: Run) -> str:
                    "variance-seeking one less).")
     if wide:
         out.append(f"The Jacobian's share closes less than {RELATIVE_SHARE:g} of the gap from the better baseline "
-                   "(PCA's or the untrained network's share) to 1 for " + ", ".join(wide) + ": there the network "
-                   "responds to directions outside S_F about as much as a baseline does, so it does not find the "
-                   "Fisher subspace in the linear theory's sense, whatever its linear readouts keep.")
+                   "(PCA's or the untrained network's share) to 1 for " + ", ".join(wide) + ": there the network's "
+                   "Jacobian is not clearly closer to S_F than that baseline's (a negative value: farther), so it "
+                   "does not find the Fisher subspace in the linear theory's sense, whatever its linear readouts "
+                   "keep.")
     return "\n".join(out)
 
 
