@@ -344,8 +344,9 @@ def findings(run: Run) -> str:
         ratio = np.array([r["jensen_gap"] / r["jensen_bound"] for r in live if r["jensen_bound"] > 0])
         out.append(f"- The span argument at the optimum (a push off Σ⁻¹span{{μ_k}} of 0.3·‖A*‖ in whitened "
                    f"coordinates): the loss rose by at least its Jensen bound at {sum(jensen_holds(r) for r in live)} "
-                   f"of {len(live)} optima with κ > 0" + (f"; gap / bound median {np.median(ratio):.3g}, smallest "
-                                                          f"{ratio.min():.3g}" if ratio.size else "") + ".")
+                   f"of {len(live)} second-order stationary optima with κ > 0"
+                   + (f"; gap / bound median {np.median(ratio):.3g}, smallest {ratio.min():.3g}" if ratio.size else "")
+                   + ".")
     out.append(f"- The argument's premise, whitened centered means spanning m dimensions (σ_m/σ_1 ≥ {tol:g}): "
                f"{sum(r['means_sv_ratio'] >= tol for r in rows)} of {len(rows)} mixtures; smallest ratio "
                f"{min(r['means_sv_ratio'] for r in rows):.3g}.")

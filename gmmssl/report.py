@@ -138,7 +138,14 @@ def _recompute(experiment, out_dir: Path):
 
     meta, verdict, rows = check_run(experiment, out_dir)
     # claims read rows only; parts carry each static configuration's values and config
-    parts = [Part(s, {**meta["config"], **s}, {}, {}) for s in meta.get("static") or [{}]]
+    # config.json stores each part's static values with sorted keys; the run held them in the
+    # experiment's static_keys order, which titles such as "[num_components=2 loss=infonce]" follow
+    order = {k: i for i, k in enumerate(experiment.static_keys)}
+
+    def ordered(static: dict) -> dict:
+        return dict(sorted(static.items(), key=lambda kv: order.get(kv[0], len(order))))
+
+    parts = [Part(ordered(s), {**meta["config"], **s}, {}, {}) for s in meta.get("static") or [{}]]
     run = Run(meta["config"], parts, rows)
     claims = _from_rows(lambda: results.guard_claims(experiment.claims(run), rows), out_dir / "results.csv",
                         f"the claims of {experiment.name}")
@@ -149,11 +156,12 @@ def _stored_note(stored: dict, claims) -> list[str]:
     """What the report says when verdict.json (written by the run) and the verdict
     recomputed now differ: claims of an earlier version (other statements), or the same
     claims judged differently."""
-    then = [c.get("statement") for c in stored["claims"]]
-    if then != [c.statement for c in claims]:
+    then = sorted((str(c.get("statement")), bool(c.get("passed"))) for c in stored["claims"])
+    now = sorted((c.statement, bool(c.passed)) for c in claims)  # (the order of static parts may differ)
+    if [t for t, _ in then] != [t for t, _ in now]:
         return [f"(verdict.json was written by an earlier version of this experiment's claims, {len(then)} then and "
-                f"{len(claims)} now; every verdict here is recomputed from results.csv by this version.)", ""]
-    if [c["passed"] for c in stored["claims"]] != [c.passed for c in claims]:
+                f"{len(now)} now; every verdict here is recomputed from results.csv by this version.)", ""]
+    if then != now:
         return ["**The stored verdict.json disagrees with the verdict recomputed from results.csv.**", ""]
     return []
 

@@ -220,3 +220,15 @@ def test_report_only_splices_sections_in_place_and_drops_owned_ones_without_resu
     # a fresh section the old report lacked follows the last replaced one; the others untouched, in order
     assert got == [("pancakes", "p"), ("delta", 3), ("nonlinear", "n"), ("nonlinear_extra", "x"), ("zoo", 6)]
     assert _owner("conjecture_k58", ["conjecture"]) and not _owner("conjectures", ["conjecture"])
+
+
+def test_the_stored_verdict_agrees_whatever_the_order_of_its_claims():
+    from gmmssl.report import _stored_note
+    from gmmssl.results import claim
+
+    now = [claim("a", 1.0, ">=", 0.5, quantity="q", population="p"), claim("b", 0.0, ">=", 0.5, quantity="q",
+                                                                            population="p")]
+    assert _stored_note({"claims": [{"statement": "b", "passed": False}, {"statement": "a", "passed": True}]},
+                        now) == []
+    assert "disagrees" in _stored_note({"claims": [{"statement": "b", "passed": True},
+                                                   {"statement": "a", "passed": True}]}, now)[0]
