@@ -332,9 +332,10 @@ def findings(run: Run) -> str:
         else:
             span = np.array([r["span_deficit"] for r in sel])
             short = [r for r in sel if r["span_sv_ratio"] < tol]
-            same = [r for r in short if (_key(r, config), 0) in loss_at and abs(r["loss"] - loss_at[(_key(r, config), 0)])
-                    <= 1e-9 * max(abs(r["loss"]), 1.0)]
-            out.append(head + f"1 − capture of Σ⁻¹span{{μ_k}} below 1e-8 in {np.mean(span < 1e-8):.1%} and deficit "
+            r_m = [(r, loss_at.get((_key(r, config), 0))) for r in short]
+            same = [r for r, lm in r_m if lm is not None and abs(r["loss"] - lm) <= 1e-9 * max(abs(r["loss"]), 1.0)]
+            out.append(head + f"1 − capture of Σ⁻¹span{{μ_k}} below 1e-8 in {np.mean(span < 1e-8):.1%} and "
+                       "deficit "
                        f"(S_F) below 1e-8 in {np.mean(d < 1e-8):.1%}; largest deficit {d.max():.2e}. Of rank below "
                        f"K (σ_K/σ_1 < {tol:g}): {len(short)}"
                        + (f", {len(same)} of them at the same loss as the r = m optimum of the same mixture (within "
@@ -362,10 +363,9 @@ def findings(run: Run) -> str:
                    "collapses to A = 0 when the views carry no positive correlation).")
     finite = [r for r in run.rows if r.get("phase") == "finite"]
     for b in sorted({r["batch_size"] for r in finite}):
-        sel = [r for r in finite if r["batch_size"] == b]
-        out.append(f"- Sampled in-batch InfoNCE at B = {b} ({config['finite_steps']} steps, {len(sel)} mixtures): "
-                   f"largest angle to the exact optimum median {np.median([r['angle_to_certified_deg'] for r in sel]):.3g}°, "
-                   f"max {max(r['angle_to_certified_deg'] for r in sel):.3g}°.")
+        angles = [r["angle_to_certified_deg"] for r in finite if r["batch_size"] == b]
+        out.append(f"- Sampled in-batch InfoNCE at B = {b} ({config['finite_steps']} steps, {len(angles)} mixtures): "
+                   f"largest angle to the exact optimum median {np.median(angles):.3g}°, max {max(angles):.3g}°.")
     return "\n".join(out)
 
 

@@ -51,7 +51,8 @@ def claims(run):
         out.append(results.claim(f"[{title}] {loss}: mean capture, worst δ ≥ 0.25",
                                  min(by[(loss, d)]["fisher_capture_mean"] for d in high), ">=", 0.95,
                                  quantity=f"smallest over δ of {loss}'s mean Fisher capture",
-                                 population=population(rows, loss, "delta", high, config=config, title=title), method=loss))
+                                 population=population(rows, loss, "delta", high, config=config, title=title),
+                                 method=loss))
         out.append(results.claim(f"[{title}] {loss} minus PCA: mean capture, worst δ ≥ 0.25",
                                  min(by[(loss, d)]["fisher_capture_mean"] - by[("pca", d)]["fisher_capture_mean"]
                                      for d in high), ">=", 0.0,

@@ -39,7 +39,7 @@ DROPPED_SV_RATIO = 1e-6  # an optimum whose smallest/largest singular value fall
 def certified_optimum_metrics(key, gmm: GMM, delta, r: int, mode: str = "prior", temperature=1.0, *,
                               fisher_basis=None, centered: bool = True, starts: int = 4,
                               iterations: int = 100) -> dict:
-    """The exact optimum A* (d, r) of the exact InfoNCE objective of ``gmm`` at ``delta``
+    """The optimum A* (d, r) of the exact InfoNCE objective of ``gmm`` at ``delta``
     (:func:`gmmssl.exact.certify`, same arguments) and what it says about S_F.
 
     Returns a dict of scalars: "deficit" = 1 − capture(A*, S_F) (0: A* contains S_F);
@@ -76,10 +76,11 @@ def certified_optimum_metrics(key, gmm: GMM, delta, r: int, mode: str = "prior",
 
     chol, u = exact.span_basis(gmm, centered)
     span = jnp.linalg.qr(jax.scipy.linalg.solve_triangular(chol.T, u, lower=False))[0]  # orthonormal, (d, q)
-    wsv = jnp.linalg.svd(u[:, : k - 1].T @ jax.scipy.linalg.solve_triangular(chol, (gmm.means - gmm.weights @ gmm.means).T,
-                                                                            lower=True), compute_uv=False)
+    centered_means = jax.scipy.linalg.solve_triangular(chol, (gmm.means - gmm.weights @ gmm.means).T, lower=True)
+    wsv = jnp.linalg.svd(u[:, : k - 1].T @ centered_means, compute_uv=False)
     push = jax.random.normal(jax.random.fold_in(key, 7), a.shape, a.dtype)
-    push = push * 0.3 * jnp.maximum(jnp.linalg.norm(chol.T @ a), 0.1) / jnp.maximum(jnp.linalg.norm(chol.T @ push), 1e-300)
+    size = 0.3 * jnp.maximum(jnp.linalg.norm(chol.T @ a), 0.1)  # in whitened coordinates
+    push = push * size / jnp.maximum(jnp.linalg.norm(chol.T @ push), 1e-300)
     gap, bound = exact.jensen_gap(a, push, gmm, delta, mode, temperature, basis=(chol, u))
     names = ("loss", "grad_norm", "hessian_min_eig", "hessian_max_eig", "perp_min_eig", "certified", "starts_agree",
              "quad_error")

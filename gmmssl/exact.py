@@ -267,7 +267,7 @@ def jensen_gap(a, push, gmm: GMM, delta, mode: str = "prior", temperature=1.0, *
     argument of the module docstring gives
 
     .. math:: \mathrm{gap} = L(A + A_\perp) - L(A)
-              \;\ge\; \mathrm{bound} = 	frac1{2	au^2}\,\mathrm{tr}ig(P\,(M_2 + S)ig) \;\ge 0,
+              \;\ge\; \mathrm{bound} = \tfrac1{2\tau^2}\,\mathrm{tr}\big(P\,(M_2 + S)\big) \;\ge 0
 
     (Jensen in z of the convex log-sum-exp, plus the exact ½zPzᵀ/τ² term). A gap below the
     bound (beyond quadrature error) would refute the argument, so this is a check that

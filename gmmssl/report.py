@@ -353,7 +353,8 @@ def _render_only(results_root, docs, names):
                 lines = block
             chunks.append((title, lines))
         kept = [n for n, q in OPEN_QUESTIONS if n not in names]
-        text = "\n".join(_kept_note(old_head, names, kept) + [ln for _, lines in chunks for ln in lines]).rstrip() + "\n"
+        body = [ln for _, lines in chunks for ln in lines]
+        text = "\n".join(_kept_note(old_head, names, kept) + body).rstrip() + "\n"
         out.append((docs, copies, path, text))
     return out
 

@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["Claim", "FolderInUse", "atomic_write", "claim", "count_diverged", "divergence_summary", "file_sha256",
-           "folder_lock", "format_table", "guard_claims", "lock_held", "invalid_rows", "lower_bound", "read_csv", "read_json",
-           "summarize",
-           "tidy_rows", "write_csv", "write_json"]
+           "folder_lock", "format_table", "guard_claims", "lock_held", "invalid_rows", "lower_bound", "read_csv",
+           "read_json", "summarize", "tidy_rows", "write_csv", "write_json"]
 
 
 class FolderInUse(ValueError):

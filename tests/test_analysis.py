@@ -97,9 +97,9 @@ def test_conjecture_claims_split_by_rank_and_each_can_fail_in_the_direction_it_n
     claims = _verdict(good)
     assert all(c.passed for c in claims.values()), [(k, c.measured) for k, c in claims.items()]
     keys = {k for k in claims if k.startswith("share with")}
-    assert {k.split(" | ")[1] for k in keys} >= {"centered means, r = m, κ > 0.05", "centered means, r = m + 1, κ > 0.05",
-                                                "uncentered means, r = m, κ > 0.05",
-                                                "uncentered means, r = m + 1, κ > 0.05"}
+    assert {k.split(" | ")[1] for k in keys} >= {
+        "centered means, r = m, κ > 0.05", "centered means, r = m + 1, κ > 0.05",
+        "uncentered means, r = m, κ > 0.05", "uncentered means, r = m + 1, κ > 0.05"}
     for c in claims.values():
         assert c.quantity and c.population and (c.margin >= 0) == c.passed
 
@@ -115,7 +115,8 @@ def test_conjecture_claims_split_by_rank_and_each_can_fail_in_the_direction_it_n
     # at r ≥ K the optimum must span Σ⁻¹span{μ_k}; containing S_F alone (deficit 0) is not enough
     fails(good[:3] + [_row(False, 1, deficit=0.0, span_deficit=0.2)], "share with span deficit < 1e-8",
           "uncentered means, r = m + 1, κ > 0.05")
-    fails([_row(True, 0, jensen_gap=0.5)] + good[1:], "share with Jensen gap ≥ bound", "4 optima with κ > 0, A* ≠ 0")
+    fails([_row(True, 0, jensen_gap=0.5)] + good[1:], "share with Jensen gap ≥ bound",
+          "4 optima with κ > 0, A* ≠ 0")
     fails([_row(True, 0, means_sv_ratio=1e-9)] + good[1:], "share with means of full rank m", "all 4 mixtures")
     fails([_row(True, 0, certified=False)] + good[1:], "share second-order stationary", "all 4 mixtures")
 
