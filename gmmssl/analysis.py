@@ -53,7 +53,8 @@ def certified_optimum_metrics(key, gmm: GMM, delta, r: int, mode: str = "prior",
     over the largest singular value of the whitened centered means (the span argument's
     premise that they span m dimensions); "jensen_gap" and "jensen_bound" of
     :func:`gmmssl.exact.jensen_gap` at a random push off the span of size 0.3·‖A*‖ (the
-    argument holds at A* when gap ≥ bound); "rho_min", the
+    argument holds at A* when gap ≥ bound) and "jensen_checked" (False, with gap and bound
+    0, where A* + push is rank-deficient and the check cannot be computed); "rho_min", the
     smallest canonical correlation of the two views (:func:`gmmssl.fisher.canonical_correlations`);
     "start_spread", the spread of the starts' final losses; and the check's own
     entries ("loss", "grad_norm", "hessian_min_eig", "hessian_max_eig", "perp_min_eig",
@@ -82,12 +83,17 @@ def certified_optimum_metrics(key, gmm: GMM, delta, r: int, mode: str = "prior",
     size = 0.3 * jnp.maximum(jnp.linalg.norm(chol.T @ a), 0.1)  # in whitened coordinates
     push = push * size / jnp.maximum(jnp.linalg.norm(chol.T @ push), 1e-300)
     gap, bound = exact.jensen_gap(a, push, gmm, delta, mode, temperature, basis=(chol, u))
+    # A + A_⊥ can be rank-deficient (A* = 0 at κ ≤ 0, or fewer than r dimensions off the
+    # span): its full-rank quadrature is then NaN. Such an optimum is not checked, and
+    # says so, rather than voiding its grid with a NaN.
+    checked = jnp.isfinite(gap) & jnp.isfinite(bound)
+    gap, bound = jnp.where(checked, gap, 0.0), jnp.where(checked, bound, 0.0)
     names = ("loss", "grad_norm", "hessian_min_eig", "hessian_max_eig", "perp_min_eig", "certified", "starts_agree",
              "quad_error")
     return {"deficit": 1.0 - metrics.fisher_capture(a, basis), "max_angle_deg": jnp.degrees(angles[-1]),
             "sv_ratio": ratio(k - 1), "span_deficit": 1.0 - metrics.fisher_capture(a, span),
             "span_sv_ratio": ratio(span.shape[1]), "means_sv_ratio": wsv[-1] / wsv[0],
-            "jensen_gap": gap, "jensen_bound": bound, **{n: out[n] for n in names},
+            "jensen_gap": gap, "jensen_bound": bound, "jensen_checked": checked, **{n: out[n] for n in names},
             "start_spread": jnp.max(out["start_losses"]) - jnp.min(out["start_losses"]),
             "rho_min": fisher.canonical_correlations(gmm, delta, mode)[k - 2], "projector": a}
 

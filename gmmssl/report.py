@@ -264,14 +264,15 @@ def _chunks(text: str) -> tuple[list[str], list[tuple[str, list[str]]]]:
     return head, chunks
 
 
-def _kept_note(head: list[str], names, kept) -> list[str]:
+def _kept_note(head: list[str], names, kept, dropped=()) -> list[str]:
     """The preamble ``head`` with the one line saying what --only recomputed and kept
     (replacing an earlier such line), before the claims table when there is one."""
     head = [ln for i, ln in enumerate(head)
             if not ln.startswith(KEPT) and not (not ln.strip() and i and head[i - 1].startswith(KEPT))]
     note = (f"{KEPT} {','.join(names)}`): recomputed now: {', '.join(names)}; kept verbatim from the previous report, "
             f"scored by the code of that time (its claims may have changed since; rerun those experiments and "
-            f"`gmmssl report` to rescore): {', '.join(kept) or 'none'}.")
+            f"`gmmssl report` to rescore): {', '.join(kept) or 'none'}."
+            + (f" Dropped, no finished run here: {', '.join(dropped)}." if dropped else ""))
     table = next((i for i, ln in enumerate(head) if ln.startswith("|")), None)
     if table is not None:
         return head[:table] + [note, ""] + head[table:]
@@ -330,8 +331,10 @@ def _render_only(results_root, docs, names):
     spliced = _splice([(title(ln) if row(ln) else None, ln) for ln in old_head], rows, owned)
     head = [ln for _, ln in spliced]
     kept = sorted({t for t, _ in old_chunks if not _owner(t, names)})
+    fresh_titles = {t for t, _ in new_chunks}
+    dropped = [t for t, _ in old_chunks if _owner(t, names) and t not in fresh_titles]
     chunks = _splice(old_chunks, new_chunks, owned)
-    text = "\n".join(_kept_note(head, names, kept) + [ln for _, lines in chunks for ln in lines]).rstrip() + "\n"
+    text = "\n".join(_kept_note(head, names, kept, dropped) + [ln for _, lines in chunks for ln in lines]).rstrip() + "\n"
     out.append((docs, copies, path, text))
     # open-questions.md: the questions of ``names`` recomputed
     path = docs / "open-questions.md"

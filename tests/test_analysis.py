@@ -144,3 +144,24 @@ def test_jensen_gap_is_the_loss_rise_across_the_span_and_never_below_its_bound(s
             np.testing.assert_allclose(gap, want_gap, rtol=1e-4, atol=1e-5)  # two quadratures of L(A)
             np.testing.assert_allclose(bound, want_bound, rtol=1e-10)
             assert float(bound) > 0 and float(gap) >= float(bound), (seed, float(gap), float(bound))
+
+
+def test_an_optimum_whose_jensen_check_cannot_be_computed_is_marked_not_nan():
+    """d = K with uncentered means leaves no direction off the span, and at κ ≤ 0 the
+    optimum is A* = 0: A* plus the push is singular. The metrics stay finite (a NaN would
+    withhold the verdict of the whole grid) and say the check was not made."""
+    with jax.enable_x64(True):
+        g = random_gmm(jax.random.PRNGKey(4), 3, 3, separation=1.5, condition_number=3.0, centered=False,
+                       dtype=jnp.float64)
+        got = jax.jit(lambda g: analysis.certified_optimum_metrics(
+            jax.random.PRNGKey(0), g, 0.1, 2, "other", centered=False, starts=2, iterations=30))(g)
+        got.pop("projector")
+        assert all(bool(jnp.all(jnp.isfinite(v))) for v in got.values()), {k: v for k, v in got.items()}
+        assert not bool(got["jensen_checked"]) and float(got["jensen_gap"]) == 0.0 == float(got["jensen_bound"])
+    # on the earlier test's mixture (room off the span) the check is made
+    with jax.enable_x64(True):
+        g = random_gmm(jax.random.PRNGKey(3), 4, 3, separation=1.5, condition_number=5.0, centered=True,
+                       dtype=jnp.float64)
+        ok = jax.jit(lambda g: analysis.certified_optimum_metrics(jax.random.PRNGKey(0), g, 0.6, 2, starts=2,
+                                                                  iterations=30))(g)
+        assert bool(ok["jensen_checked"]) and float(ok["jensen_gap"]) >= float(ok["jensen_bound"]) > 0

@@ -213,6 +213,12 @@ def test_report_only_recomputes_the_named_sections_and_keeps_the_rest_verbatim(r
     assert len(note) == 1 and "recomputed now: rank" in note[0]
     assert "previous report" in note[0] and "pancakes" in note[0]
     assert write_reports(root, docs, only=["rank"])[0].read_text() == after  # idempotent: one note, same text
+    assert "Dropped" not in note[0]
+    # a section of a named experiment with no finished run here (rank_paper) is dropped, and the note says so
+    (docs / "RESULTS.md").write_text(after + "## rank_paper\n\nAn older paper-scale section.\n")
+    again = write_reports(root, docs, only=["rank"])[0].read_text()
+    assert "An older paper-scale section." not in again
+    assert "Dropped, no finished run here: rank_paper." in again
     with pytest.raises(ValueError, match="--only needs experiment names"):
         write_reports(root, docs, only=["nosuch"])
 
