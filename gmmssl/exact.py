@@ -272,8 +272,8 @@ def jensen_gap(a, push, gmm: GMM, delta, mode: str = "prior", temperature=1.0, *
     (Jensen in z of the convex log-sum-exp, plus the exact ½zPzᵀ/τ² term). A gap below the
     bound (beyond quadrature error) would refute the argument, so this is a check that
     can fail, unlike the sign of :func:`perp_curvature`. L(A + A_⊥) by :func:`exact_infonce`
-    (r-dimensional quadrature; A + A_⊥ must have full column rank), L(A) by
-    :func:`exact_infonce_in_span`. Traceable.
+    (r-dimensional quadrature; gap is NaN when A + A_⊥ is rank-deficient, σ_min ≤ 1e-8·σ_max
+    in whitened coordinates), L(A) by :func:`exact_infonce_in_span`. Traceable.
     """
     chol, u = span_basis(gmm) if basis is None else basis
     b_perp = chol.T @ push
@@ -282,6 +282,8 @@ def jensen_gap(a, push, gmm: GMM, delta, mode: str = "prior", temperature=1.0, *
     b = u.T @ (chol.T @ a)  # span coordinates of a
     inside = exact_infonce_in_span(b, gmm, delta, mode, temperature, basis=(chol, u), level=level)
     outside = exact_infonce(a + a_perp, gmm, delta, mode, temperature, level=level)
+    sv = jnp.linalg.svd(chol.T @ (a + a_perp), compute_uv=False)
+    outside = jnp.where(sv[-1] > 1e-8 * sv[0], outside, jnp.nan)  # rank-deficient: undefined, on every jaxlib
     m = gmm.means @ a
     second = m.T @ (gmm.weights[:, None] * m) + a.T @ gmm.cov @ a
     bound = 0.5 * jnp.trace(b_perp.T @ b_perp @ second) / temperature**2
